@@ -1,0 +1,76 @@
+"""Algorithm registry. An algorithm is a generator function
+
+    def my_method(ctx, x, *, lr: float = 0.1, ...) -> Generator[Op, Any, Tensor]
+
+written from one worker's point of view (see ``harness.ops``), registered with
+``@register("my_method")``. Its keyword-only parameters are its hyper-parameters: the
+config's ``algorithm:`` block is validated against their annotations and defaults.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import ConfigDict, ValidationError, create_model
+
+ALGORITHMS: dict[str, Callable] = {}
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What an algorithm may know about its run (never time, rank or network)."""
+
+    n_workers: int
+    steps: int
+    seed: int
+
+
+def register(name: str):
+    def deco(fn):
+        ALGORITHMS[name] = fn
+        fn.algorithm_name = name
+        return fn
+
+    return deco
+
+
+def get(name: str) -> Callable:
+    _load_builtin()
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm.name: unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def hyperparameters(name: str) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(get(name))
+    return {k: p for k, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def validate_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check ``params`` against the algorithm's keyword-only parameters; return them with
+    defaults filled in. Raises ValueError with one line naming the field."""
+    hp = hyperparameters(name)
+    fields = {
+        k: (p.annotation if p.annotation is not inspect.Parameter.empty else Any, p.default if p.default is not inspect.Parameter.empty else ...)
+        for k, p in hp.items()
+    }
+    model = create_model(f"{name}_params", __config__=ConfigDict(extra="forbid"), **fields)
+    try:
+        return model.model_validate(params).model_dump()
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown parameter for {name}; known: {', '.join(sorted(hp)) or 'none'}"
+        else:
+            msg = err["msg"]
+        raise ValueError(f"algorithm.{field}: {msg}") from None
+
+
+def _load_builtin():
+    # Imported lazily so that registering a user algorithm never needs these modules.
+    from harness.algorithms import dpsgd, local_sgd, sync_sgd  # noqa: F401
+
+
+__all__ = ["ALGORITHMS", "Ctx", "get", "hyperparameters", "register", "validate_params"]

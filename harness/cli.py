@@ -1,0 +1,134 @@
+"""``harness``: run experiments, report on them, inspect topologies.
+
+    harness run CONFIG [--backend simpy|stacked] [--out DIR] [--set key=value ...]
+    harness report DIR [--target 0.9]
+    harness topology NAME --n 16 [--out graph.png]
+
+Every user mistake ends with one line ``harness: error: ...`` and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from harness.config import BACKENDS, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run every experiment a config describes")
+    r.add_argument("config", help="YAML experiment file, e.g. presets/demo.yaml")
+    r.add_argument("--backend", choices=BACKENDS, help="override the config's backend")
+    r.add_argument("--out", help="output directory (default: runs/<config name>)")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (dotted key; value parsed as YAML); repeatable")
+    r.add_argument("--only", help="run only these expanded runs (0-based indices, comma separated)")
+    r.add_argument("--list", action="store_true", help="list the expanded runs and exit")
+    r.add_argument("--force", action="store_true", help="re-run runs that already finished in DIR")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep = sub.add_parser("report", help="summary table, plots and index.html for a directory of runs")
+    rep.add_argument("dir")
+    rep.add_argument("--target", type=float, default=None, help="target test accuracy (default: the runs' target_acc)")
+    t = sub.add_parser("topology", help="print a graph's degree, diameter and spectral gap; draw it", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def cmd_run(a) -> int:
+    from harness import config
+    from harness.experiment import run_to_dir
+
+    sets = list(a.sets) + ([f"backend={a.backend}"] if a.backend else [])
+    runs = config.load(a.config, sets)
+    if a.only is not None:
+        try:
+            picked = [int(s) for s in a.only.split(",")]
+            runs = [runs[i] for i in picked]
+        except (ValueError, IndexError):
+            raise ConfigError(f"--only {a.only}: expected indices in 0..{len(runs) - 1}, comma separated") from None
+    if a.list:
+        for i, cfg in enumerate(runs):
+            print(f"{i:4d}  {cfg.run_id}")
+        return 0
+    out = Path(a.out or Path("runs") / runs[0].name)
+    t0 = time.perf_counter()
+    for k, cfg in enumerate(runs, 1):
+        label = f"[{k}/{len(runs)}] {cfg.run_id}"
+        bar = _progress(cfg, label, a.quiet)
+        t1 = time.perf_counter()
+        run_dir, ran = run_to_dir(cfg, out, on_eval=bar.update if bar else None, force=a.force)
+        if bar:
+            bar.close()
+        print(f"{label}: {'done' if ran else 'already finished, skipped'} ({time.perf_counter() - t1:.1f} s)", flush=True)
+    print(f"{len(runs)} run(s) in {out} ({time.perf_counter() - t0:.0f} s)")
+    _print_summary(out, runs[0].target_acc)
+    return 0
+
+
+class _progress:
+    """A tqdm bar over steps, updated at evaluation rows; off when not on a terminal."""
+
+    def __new__(cls, cfg, label, quiet):
+        if quiet or not sys.stderr.isatty():
+            return None
+        return super().__new__(cls)
+
+    def __init__(self, cfg, label, quiet):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=cfg.steps, desc=label, unit="step", leave=False, dynamic_ncols=True)
+
+    def update(self, row):
+        self.bar.n = row["step"]
+        self.bar.set_postfix(acc=f"{row['test_acc']:.3f}", sim_t=f"{row['time_s']:.2f}s", refresh=True)
+
+    def close(self):
+        self.bar.close()
+
+
+def _print_summary(out: Path, target: float) -> None:
+    import results
+    from results.report import format_summary
+    from results.stats import summary
+
+    df = results.load(out, finished_only=True)
+    print(f"\nSummary (target accuracy {target:.0%}):")
+    print(format_summary(summary(df, target_acc=target)))
+
+
+def cmd_report(a) -> int:
+    import results
+    from results.report import write_report
+
+    target = a.target
+    if target is None:
+        df = results.load(a.dir)
+        col = "cfg.target_acc"
+        target = float(df[col].dropna().iloc[0]) if col in df and df[col].notna().any() else 0.9
+    path = write_report(a.dir, target_acc=target)
+    print(f"report written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["topology"]:
+        from topologies.cli import main as topology_main
+
+        return topology_main(argv[1:])
+    a = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "report": cmd_report}[a.cmd](a)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; unfinished runs are marked 'running' in their run.json", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Run one validated config end to end: build the parts, interpret, write the results.
+
+The composition root: the only module that knows algorithms, tasks, topologies, backends
+and results together. A run directory gets ``run.json`` with ``status: running`` first;
+``metrics.parquet`` and the final ``run.json`` (``finished`` or ``failed`` with the error)
+are written atomically at the end, so a killed run is visibly unfinished, never half-written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from harness import algorithms
+from harness.algorithms import Ctx
+from harness.config import RunConfig
+from harness.recording import Recorder
+from harness.tasks import Sampler, build_task
+from results.store import RUN_JSON, METRICS, write_json, write_table
+
+HP_PREFIX = "hp."
+
+
+def versions() -> dict:
+    import numpy
+    import pandas
+    import simpy
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
+            "pandas": pandas.__version__, "simpy": simpy.__version__, "harness": _harness_version(),
+            "platform": platform.platform(), "host": socket.gethostname()}
+
+
+def _harness_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("harness")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def meta_columns(cfg: RunConfig, backend: str) -> dict:
+    """The constant columns of every row of this run's table."""
+    meta = {"run_id": cfg.run_id, "algorithm": cfg.algorithm["name"], "backend": backend, "task": cfg.task["name"],
+            "partition": str(cfg.task.get("partition", "")), "topology": cfg.topology["name"] if cfg.topology else "none",
+            "n_workers": cfg.n_workers, "seed": cfg.seed}
+    meta.update({HP_PREFIX + k: v for k, v in cfg.algorithm.items() if k != "name"})
+    return meta
+
+
+def build(cfg: RunConfig, on_eval=None):
+    """Everything a simulated backend needs for ``cfg``: returns ``(backend, x0)``."""
+    import topologies
+    from simulators import BACKENDS
+    from simulators.base import Run
+    from simulators.compute import ComputeTimes
+
+    torch.set_num_threads(cfg.threads)
+    task = build_task(cfg.task, cfg.n_workers, cfg.seed)
+    alg_params = {k: v for k, v in cfg.algorithm.items() if k != "name"}
+    recorder = Recorder(meta_columns(cfg, cfg.backend), cfg.n_workers, cfg.steps, task.evaluate,
+                        cfg.eval_every, cfg.log_every, on_eval)
+    run = Run(algorithm=algorithms.get(cfg.algorithm["name"]), params=alg_params,
+              ctx=Ctx(cfg.n_workers, cfg.steps, cfg.seed), task=task,
+              sampler=Sampler(task.shards, task.batch_size, cfg.seed),
+              compute=ComputeTimes(cfg.compute, cfg.n_workers, cfg.seed), network=cfg.network, recorder=recorder,
+              topology=topologies.build(cfg.topology, cfg.n_workers, cfg.seed) if cfg.topology else None)
+    return BACKENDS[cfg.backend](run), task.init_params(cfg.seed)
+
+
+def simulate(cfg: RunConfig, on_eval=None):
+    """Run ``cfg`` in memory: returns ``(metrics DataFrame, final [n, d] parameters)``."""
+    backend, x0 = build(cfg, on_eval)
+    final = backend.execute(x0)
+    return backend.run.recorder.frame(), final
+
+
+def run_status(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / RUN_JSON).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False) -> tuple[Path, bool]:
+    """Run ``cfg`` into ``out/<run_id>/``; returns ``(run_dir, ran)``. A run already
+    finished there is skipped unless ``force``."""
+    run_dir = Path(out) / cfg.run_id
+    if not force and run_status(run_dir) == "finished" and (run_dir / METRICS).exists():
+        return run_dir, False
+    record = {"run_id": cfg.run_id, "status": "running", "error": None, "config": cfg.model_dump(),
+              "versions": versions(), "started": _now(), "finished": None}
+    write_json(record, run_dir / RUN_JSON)
+    t0 = time.perf_counter()
+    try:
+        df, _ = simulate(cfg, on_eval)
+        write_table(df, run_dir / METRICS)
+    except BaseException as e:
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
+        write_json(record, run_dir / RUN_JSON)
+        raise
+    record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0)
+    write_json(record, run_dir / RUN_JSON)
+    return run_dir, True
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

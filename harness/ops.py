@@ -1,0 +1,81 @@
+"""The algorithm language: what an algorithm generator may ``yield``.
+
+An algorithm is a generator written from one worker's point of view. It yields these
+frozen dataclasses and receives their results; a backend (SimPy, stacked, MPI,
+torch.distributed) interprets them. An algorithm never reads a clock, a rank or a
+network: time and bytes belong to the backend.
+
+Tensors in ops are *rank-polymorphic*: one worker's ``[d]`` vector on per-worker
+backends, or all workers' ``[n, d]`` stack on the stacked backend. Payloads are never
+modified in place, by algorithms or backends.
+
+==============  =====================================================  ================
+op              meaning                                                result
+==============  =====================================================  ================
+Grad(x)         minibatch loss and gradient on this worker's shard     (loss, grad)
+Compute(cost)   local work with an abstract cost (units of one Grad)   None
+AllReduce(x)    reduce ``x`` over all workers ("mean" or "sum")        reduced tensor
+Gossip(x, step) ``sum_j W(step)[i, j] x_j`` over the graph's neighbours mixed tensor
+Record(...)     a row for the result table (the backend stamps it)     None
+==============  =====================================================  ================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Grad:
+    """Compute the minibatch loss and gradient at ``x`` (costs ``batches`` compute units)."""
+
+    x: Tensor
+    batches: int = 1
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Spend ``cost`` compute units (one unit = one minibatch gradient) without data."""
+
+    cost: float = 1.0
+
+
+@dataclass(frozen=True)
+class AllReduce:
+    """Reduce ``x`` over all workers; every worker gets the result."""
+
+    x: Tensor
+    op: str = "mean"
+
+    def __post_init__(self):
+        if self.op not in ("mean", "sum"):
+            raise ValueError(f"AllReduce.op must be 'mean' or 'sum', got {self.op!r}")
+
+
+@dataclass(frozen=True)
+class Gossip:
+    """Mix ``x`` with the neighbours of the run's topology at ``step``:
+    ``x_i <- sum_j W(step)[i, j] x_j``. Costs one message per in-edge."""
+
+    x: Tensor
+    step: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """A row for the result table at ``step``.
+
+    ``x`` is this worker's current model (the backend averages the workers' models into
+    the consensus model at evaluation steps); ``loss`` its latest minibatch loss;
+    ``metrics`` extra numeric columns (per worker)."""
+
+    step: int
+    x: Tensor
+    loss: Tensor | float | None = None
+    round: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+Op = Grad | Compute | AllReduce | Gossip | Record

@@ -1,0 +1,100 @@
+"""Per-worker counters and the recorder that turns ``Record`` ops into table rows.
+
+Every backend owns one :class:`Stats` (a struct of ``[n]`` arrays: clock and cumulative
+compute/comm/idle seconds, bytes, messages) and one :class:`Recorder`. Worker rows are
+written every ``log_every`` steps. At evaluation steps (every ``eval_every`` steps, the
+first and the last) the recorder averages the workers' models into the consensus model
+once all workers have reported that step, and writes a ``worker = -1`` row with test
+metrics, the consensus distance ``mean_i ||x_i - x_bar||^2``, counters summed over
+workers and the latest worker clock.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from harness.comm import Traffic
+
+COUNTERS = ("time", "compute_s", "comm_s", "idle_s", "bytes_sent", "bytes_recv", "messages")
+
+
+class Stats:
+    def __init__(self, n: int):
+        self.n = n
+        for c in COUNTERS:
+            setattr(self, c, np.zeros(n, dtype=np.int64 if c == "messages" else np.float64))
+
+    def counters(self) -> dict[str, np.ndarray]:
+        return {c: getattr(self, c) for c in COUNTERS}
+
+    def add_traffic(self, i, t: Traffic):
+        self.bytes_sent[i] += t.sent
+        self.bytes_recv[i] += t.recv
+        self.messages[i] += t.messages
+
+    def finish_comm(self, i, arrived, finished, cost):
+        """A worker that reached a communication op at ``arrived`` and left it at
+        ``finished``: up to ``cost`` seconds of that were communication, the rest waiting."""
+        elapsed = finished - arrived
+        comm = np.minimum(cost, elapsed)
+        self.comm_s[i] += comm
+        self.idle_s[i] += elapsed - comm
+        self.time[i] = finished
+
+
+class Recorder:
+    def __init__(self, meta: dict, n: int, steps: int, evaluate: Callable[[torch.Tensor], dict],
+                 eval_every: int = 25, log_every: int = 1, on_eval: Callable[[dict], None] | None = None):
+        self.meta, self.n, self.steps = meta, n, steps
+        self.evaluate, self.eval_every, self.log_every = evaluate, eval_every, log_every
+        self.on_eval = on_eval
+        self.rows: list[dict] = []
+        self._pending: dict[int, dict[int, torch.Tensor]] = {}
+
+    def is_eval(self, step: int) -> bool:
+        return step == 0 or step == self.steps or step % self.eval_every == 0
+
+    def worker(self, i: int, step: int, rnd: int, stats: Stats, loss=None, metrics: dict | None = None):
+        if step % self.log_every and step != self.steps:
+            return
+        row = {**self.meta, "worker": i, "event": "step", "step": step, "round": rnd,
+               "time_s": float(stats.time[i])}
+        for c in COUNTERS[1:]:
+            row[c] = stats.__dict__[c][i].item()
+        row["train_loss"] = float(loss) if loss is not None else np.nan
+        if metrics:
+            row.update({k: float(v) for k, v in metrics.items()})
+        self.rows.append(row)
+
+    def offer(self, i: int, step: int, rnd: int, x: torch.Tensor, stats: Stats):
+        """Worker ``i`` reached ``step`` with model ``x``; evaluate once all have."""
+        if not self.is_eval(step):
+            return
+        # Snapshot the counters now: other workers may already be further on when the
+        # last one arrives, and the row must not depend on the backend's visiting order.
+        got = self._pending.setdefault(step, {})
+        got[i] = (x, [stats.__dict__[c][i].item() for c in COUNTERS])
+        if len(got) == self.n:
+            del self._pending[step]
+            X = torch.stack([got[j][0] for j in range(self.n)])
+            snap = np.array([got[j][1] for j in range(self.n)]).T
+            self.consensus(step, rnd, X, dict(zip(COUNTERS, snap)))
+
+    def consensus(self, step: int, rnd: int, X: torch.Tensor, counters: dict):
+        """Consensus row from the stacked models and per-worker counters ``[n]`` each."""
+        xbar = X.mean(0)
+        row = {**self.meta, "worker": -1, "event": "eval", "step": step, "round": rnd,
+               "time_s": float(np.max(counters["time"]))}
+        for c in COUNTERS[1:]:
+            row[c] = float(np.sum(counters[c]))
+        row.update(self.evaluate(xbar))
+        row["consensus_dist"] = ((X - xbar) ** 2).sum(-1).mean().item()
+        self.rows.append(row)
+        if self.on_eval:
+            self.on_eval(row)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)

@@ -1,0 +1,98 @@
+"""What a task gives a run: data, partition across workers, a model's loss, evaluation.
+
+The model is a *flat parameter vector* ``p`` of ``dim`` entries. ``loss(p, xb, yb)`` is
+written rank-polymorphically: ``p`` is ``[..., d]``, ``xb`` ``[..., B, f]``, ``yb``
+``[..., B]`` and the result ``[...]`` (one mean loss per leading index). A task whose
+loss works on a stack of workers (``batched = True``) gets all workers' gradients from one
+autograd call on the summed loss: workers' losses are independent, so the gradient of the
+sum with respect to ``P[i]`` is worker ``i``'s gradient. Otherwise the stacked backend
+falls back to ``torch.func.vmap(grad)``.
+
+Every worker draws its minibatches from its own seeded stream, so a worker sees the same
+batches on every backend, whatever order the backend visits workers in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class TaskParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    batch_size: int = 32
+    dtype: str = "float32"
+
+
+class Task:
+    name: str = "task"
+    batched: bool = True
+    Params = TaskParams
+
+    # Filled in by subclasses.
+    dim: int
+    dtype: torch.dtype
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    shards: list[np.ndarray]
+    batch_size: int
+    partition: str = "iid"
+
+    def init_params(self, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, p: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, p: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- gradients ---------------------------------------------------------------------
+    def loss_and_grad(self, p: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minibatch loss and gradient at ``p`` ([d] with idx [B], or [n, d] with idx [n, B])."""
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        if p.dim() == 1 or self.batched:
+            with torch.enable_grad():
+                q = p.detach().requires_grad_(True)
+                loss = self.loss(q, xb, yb)
+                (g,) = torch.autograd.grad(loss.sum(), q)
+            return loss.detach(), g
+        g, loss = torch.func.vmap(torch.func.grad_and_value(self.loss), randomness="different")(p, xb, yb)
+        return loss, g
+
+    # -- evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, p: torch.Tensor) -> dict[str, float]:
+        """Full-data train loss, test loss and test accuracy of one model ``p`` [d]."""
+        logits = self.predict(p, self.x_test)
+        acc = (logits.argmax(-1) == self.y_test).double().mean().item()
+        return {
+            "train_loss": self.loss(p, self.x_train, self.y_train).item(),
+            "test_loss": self.loss(p, self.x_test, self.y_test).item(),
+            "test_acc": acc,
+        }
+
+
+class Sampler:
+    """Per-worker minibatch indices: worker ``i`` samples (with replacement) from its shard
+    using its own generator seeded by (seed, i)."""
+
+    def __init__(self, shards: list[np.ndarray], batch_size: int, seed: int):
+        self.shards = [torch.as_tensor(s, dtype=torch.long) for s in shards]
+        self.batch_size = batch_size
+        self.gens = []
+        for i in range(len(shards)):
+            g = torch.Generator()
+            g.manual_seed(int(np.random.SeedSequence([seed, i, 7]).generate_state(1)[0]))
+            self.gens.append(g)
+
+    def worker(self, i: int, batches: int = 1) -> torch.Tensor:
+        shard = self.shards[i]
+        pos = torch.randint(len(shard), (batches * self.batch_size,), generator=self.gens[i])
+        return shard[pos]
+
+    def all(self, batches: int = 1) -> torch.Tensor:
+        return torch.stack([self.worker(i, batches) for i in range(len(self.shards))])

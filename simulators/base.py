@@ -1,0 +1,60 @@
+"""What both simulated backends share: the run's parts and the op-independent accounting.
+
+A backend is an *interpreter* of ``harness.ops``. Both simulated backends price compute
+with a :class:`~simulators.compute.ComputeTimes` model and messages with a
+:class:`~simulators.network.NetworkSpec`, count bytes with ``harness.comm`` and write rows
+through one :class:`~harness.recording.Recorder`, so they agree to the last bit on time and
+bytes and to rounding error on parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from harness.algorithms import Ctx
+from harness.recording import Recorder, Stats
+from harness.tasks import Sampler, Task
+from simulators.compute import ComputeTimes
+from simulators.network import NetworkSpec
+from topologies import Topology
+
+
+class BackendError(RuntimeError):
+    """An algorithm asked a backend for something it cannot do; one line naming the fix."""
+
+
+@dataclass
+class Run:
+    algorithm: Callable
+    params: dict
+    ctx: Ctx
+    task: Task
+    sampler: Sampler
+    compute: ComputeTimes
+    network: NetworkSpec
+    recorder: Recorder
+    topology: Topology | None = None
+
+
+class Simulator:
+    name = "sim"
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.n = run.ctx.n_workers
+        self.stats = Stats(self.n)
+
+    def topology(self) -> Topology:
+        if self.run.topology is None:
+            raise BackendError(f"topology: algorithm {self.run.algorithm.algorithm_name!r} yields Gossip; "
+                               "set topology: {name: ring} in the config")
+        return self.run.topology
+
+    def start(self, x0: torch.Tensor):
+        """Record the initial model (step 0) before any op."""
+        rec = self.run.recorder
+        for i in range(self.n):
+            rec.worker(i, 0, 0, self.stats)
+        rec.consensus(0, 0, x0.expand(self.n, -1), self.stats.counters())

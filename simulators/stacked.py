@@ -1,0 +1,88 @@
+"""Stacked simulation: ONE algorithm generator holds all ``n`` workers as ``[n, d]`` tensors.
+
+Valid for lock-step algorithms, whose timing does not depend on tensor values, so each
+worker's clock follows a max-plus recurrence instead of events:
+
+* compute:    ``T_i += c_i``
+* all-reduce: ``T_i = max_j T_j + cost``
+* gossip:     ``T_i = max(T_i, max_{j in N_in(i)} T_j + link)``
+
+Gradients of all workers come from one autograd call on the batched model (or
+``torch.func.vmap`` when the task has no batched form). The clocks equal the SimPy
+backend's on the same scenario, to the last bit (a test pins this down).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness import comm, ops
+from simulators.base import BackendError, Simulator
+
+
+class StackedBackend(Simulator):
+    name = "stacked"
+
+    def execute(self, x0: torch.Tensor) -> torch.Tensor:
+        self.start(x0)
+        X = x0.expand(self.n, -1).clone()
+        gen = self.run.algorithm(self.run.ctx, X, **self.run.params)
+        handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
+                    ops.Gossip: self._gossip, ops.Record: self._record}
+        value = None
+        while True:
+            try:
+                op = gen.send(value)
+            except StopIteration as stop:
+                return stop.value
+            h = handlers.get(type(op))
+            if h is None:
+                raise BackendError(f"backend: the stacked backend cannot run {type(op).__name__} ops "
+                                   f"(algorithm {self.run.algorithm.algorithm_name!r}); use --backend simpy")
+            value = h(op)
+
+    def _hold(self, cost):
+        dt = np.array([self.run.compute.sample(i, cost) for i in range(self.n)])
+        self.stats.compute_s += dt
+        self.stats.time += dt
+
+    def _grad(self, op):
+        idx = torch.stack([self.run.sampler.worker(i, op.batches) for i in range(self.n)])
+        out = self.run.task.loss_and_grad(op.x, idx)
+        self._hold(op.batches)
+        return out
+
+    def _compute(self, op):
+        self._hold(op.cost)
+
+    def _allreduce(self, op):
+        nbytes = comm.payload_bytes(op.x, stacked=True)
+        cost = self.run.network.ring_allreduce(nbytes, self.n)
+        arrived = self.stats.time.copy()
+        red = op.x.mean(0, keepdim=True) if op.op == "mean" else op.x.sum(0, keepdim=True)
+        self.stats.add_traffic(slice(None), comm.ring_allreduce(nbytes, self.n))
+        self.stats.finish_comm(slice(None), arrived, np.full(self.n, arrived.max() + cost), cost)
+        return red.expand_as(op.x).clone()
+
+    def _gossip(self, op):
+        topo = self.topology()
+        W = topo.W(op.step)
+        nbytes = comm.payload_bytes(op.x, stacked=True)
+        link = self.run.network.p2p(nbytes)
+        edges = (W > 0) & ~np.eye(self.n, dtype=bool)  # edges[i, j]: j's model reaches i
+        arrived = self.stats.time.copy()
+        via = np.where(edges, arrived[None, :] + link, -np.inf).max(1)
+        finished = np.maximum(arrived, via)
+        indeg, outdeg = edges.sum(1), edges.sum(0)
+        for i in range(self.n):
+            self.stats.add_traffic(i, comm.gossip(nbytes, int(outdeg[i]), int(indeg[i])))
+        self.stats.finish_comm(slice(None), arrived, finished, np.where(indeg > 0, link, 0.0))
+        return torch.as_tensor(W, dtype=op.x.dtype) @ op.x
+
+    def _record(self, op):
+        rec, loss = self.run.recorder, op.loss
+        for i in range(self.n):
+            li = loss[i] if loss is not None else None
+            rec.worker(i, op.step, op.round, self.stats, li, {k: v[i] for k, v in op.metrics.items()})
+        if rec.is_eval(op.step):
+            rec.consensus(op.step, op.round, op.x, self.stats.counters())
