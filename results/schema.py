@@ -60,8 +60,10 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     """
     out = df.copy()
     for col, dtype in COLUMNS.items():
+        if dtype == "int64" and (col not in out.columns or out[col].isna().any()):
+            dtype = "Int64"  # a missing integer value needs pandas' nullable integer
         if col not in out.columns:
-            out[col] = pd.Series(pd.NA, index=out.index, dtype="Float64" if dtype == "float64" else dtype)
+            out[col] = pd.Series(float("nan") if dtype == "float64" else pd.NA, index=out.index, dtype=dtype)
         try:
             out[col] = out[col].astype(dtype)
         except (TypeError, ValueError) as e:

@@ -1,0 +1,171 @@
+"""A results report for a directory of runs: tables, figures and one self-contained HTML.
+
+``write_report(DIR)`` writes ``DIR/report/``:
+
+- ``summary.csv``: :func:`results.stats.summary`, one row per run (all columns);
+- ``summary.md``: the per-setting table (mean over seeds) as markdown, for pasting;
+- ``<figure>.png`` / ``.svg``: the figures of :data:`results.plots.FIGURES`;
+- ``index.html``: self-contained (figures embedded as base64 PNG): the per-setting and
+  per-run tables, a note listing runs that did not finish and files that could not be
+  read, and every run's config.
+
+:func:`format_summary` renders the per-setting table as fixed-width text for a terminal.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from results import stats
+from results.errors import ResultsWarning
+from results.load import load, runs
+
+BASELINE = "sync_sgd"
+
+
+def human_bytes(x: float) -> str:
+    """``1234567 -> "1.23 MB"`` (decimal units, as network rates are quoted); NaN -> "-"."""
+    if x is None or pd.isna(x):
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(x) < 1000 or unit == "TB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.3g} {unit}"
+        x /= 1000.0
+
+
+def _num(x: float, fmt: str = ".3g", unit: str = "") -> str:
+    return "-" if pd.isna(x) else f"{x:{fmt}}{unit}"
+
+
+def _times(r: float) -> str:
+    """A reduction factor as text: 8.0 -> "8x less", 0.5 -> "2x more"."""
+    if pd.isna(r) or r <= 0 or math.isinf(r):
+        return "-"
+    f = r if r >= 1 else 1 / r
+    return (f"{f:.3g}" if f < 1000 else f"{f:,.0f}") + ("x less" if r >= 1 else "x more")
+
+
+def _table(summary_df: pd.DataFrame) -> pd.DataFrame:
+    """The per-setting table (mean over seeds) with every cell formatted as text."""
+    agg = stats.aggregate(summary_df)
+    by = stats.setting_columns(summary_df)
+    if BASELINE in set(summary_df["algorithm"].dropna()) and agg["algorithm"].nunique() > 1:
+        on = [c for c in stats.MATCH_ON if c in agg.columns]
+        agg = stats.reduction_vs(agg, BASELINE, "total_bytes", on=on)
+    out = agg[by].astype(object).where(agg[by].notna(), "-").map(
+        lambda v: f"{v:g}" if isinstance(v, float) else str(v))
+    out.columns = [c.removeprefix("hp.") for c in by]
+    out["runs"] = agg["runs"].astype(str)
+    out["final test acc"] = [
+        _num(m, ".3f") + ("" if pd.isna(c) else f" ± {c:.3f}")
+        for m, c in zip(agg["final_test_acc"], agg["final_test_acc_ci"])]
+    out["total bytes"] = agg["total_bytes"].map(human_bytes)
+    if "total_bytes_reduction" in agg:
+        out[f"bytes vs {BASELINE}"] = [
+            "baseline" if a == BASELINE else _times(r) for a, r in zip(agg["algorithm"], agg["total_bytes_reduction"])]
+    out["time"] = agg["time_s"].map(lambda t: _num(t, ".4g", " s"))
+    target = summary_df["target_acc"].iloc[0] if len(summary_df) else math.nan
+    out[f"time to {target:g} acc"] = [
+        (f"never ({r}/{n})" if r == 0 else f"{_num(t, '.4g', ' s')} ({r}/{n})")
+        for t, r, n in zip(agg["time_to_target_s"], agg["reached"].astype(int), agg["runs"])]
+    return out.reset_index(drop=True)
+
+
+def format_summary(summary_df: pd.DataFrame) -> str:
+    """A short fixed-width text table of a summary: one line per algorithm/partition
+    (and any other setting that varies): runs, final test acc (mean ± 95% t half-width),
+    total bytes (KB/MB/GB), time, and time to target as "mean over reached (k/n)"."""
+    t = _table(summary_df)
+    cols = list(t.columns)
+    widths = [max(len(c), *(len(v) for v in t[c])) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in t.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _markdown(t: pd.DataFrame) -> str:
+    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(esc, t.columns)) + " |", "|" + "---|" * len(t.columns)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in t.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f2f2f2}.note{background:#fff4e5;border-left:4px solid #f90;padding:0.5em 1em;margin:1em 0}
+img{max-width:100%}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:0.5em;font-size:0.85em}"""
+
+
+def _html(root, summary_df, table, figures, fig_errors, run_list, problems, target_acc) -> str:
+    e = html.escape
+    n, done = len(run_list), int((run_list["status"] == "finished").sum())
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Results: {e(str(root))}</title>",
+             f"<style>{_CSS}</style></head><body><h1>Results report</h1>",
+             f"<p>{e(str(root))}: {n} run(s), {done} finished. Target accuracy {target_acc:g}. "
+             f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>"]
+    bad = run_list[run_list["status"] != "finished"]
+    if len(bad):
+        rows = bad[["run_id", "status", "error", "path"]].astype(object).where(bad[["run_id", "status", "error", "path"]].notna(), "")
+        parts += [f"<div class='note'><b>{len(bad)} run(s) did not finish</b> (their partial data is "
+                  "included in the tables and figures):", rows.to_html(index=False), "</div>"]
+    else:
+        parts.append("<p>All runs finished.</p>")
+    if problems or fig_errors:
+        items = "".join(f"<li>{e(p)}</li>" for p in [*problems, *fig_errors])
+        parts.append(f"<div class='note'><b>Problems (skipped)</b><ul>{items}</ul></div>")
+    parts += ["<h2>Summary (mean over seeds)</h2>", table.to_html(index=False)]
+    parts.append("<h2>Figures</h2>")
+    for name, png in figures.items():
+        b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts.append(f"<figure><img src=\"data:image/png;base64,{b64}\" alt='{e(name)}'>"
+                     f"<figcaption>{e(name)} (<a href='{e(name)}.svg'>SVG</a>)</figcaption></figure>")
+    cols = [c for c in summary_df.columns if not c.startswith("cfg.")]
+    parts += ["<h2>Runs</h2>", summary_df[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")]
+    parts.append("<h2>Run configs</h2>")
+    for r in run_list.itertuples(index=False):
+        cfg = json.dumps(r.config, indent=2, sort_keys=True, default=str)
+        parts.append(f"<details><summary>{e(str(r.run_id))} ({e(str(r.status))})</summary><pre>{e(cfg)}</pre></details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os.PathLike | None = None) -> Path:
+    """Write the report of every run under ``root`` into ``out`` (default ``root/report``)
+    and return that directory. Unreadable runs are skipped with a ``ResultsWarning`` and
+    listed in the HTML; a figure that fails to draw is reported the same way."""
+    from results import plots  # matplotlib is slow to import; only the report needs it
+
+    out = Path(root) / "report" if out is None else Path(out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        df = load(root)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    problems = list(df.attrs.get("problems", []))
+    out.mkdir(parents=True, exist_ok=True)
+    s = stats.summary(df, target_acc)
+    s.to_csv(out / "summary.csv", index=False)
+    table = _table(s)
+    (out / "summary.md").write_text(f"Target accuracy: {target_acc:g}\n\n" + _markdown(table), encoding="utf-8")
+    figures, fig_errors = {}, []
+    for name, (fn, kind) in plots.FIGURES.items():
+        try:
+            fig = fn(s if kind == "summary" else df)
+        except Exception as e:  # a broken figure should not cost the whole report
+            fig_errors.append(f"figure {name}: {type(e).__name__}: {e}")
+            warnings.warn(fig_errors[-1], ResultsWarning, stacklevel=2)
+            continue
+        if fig is not None:
+            figures[name] = plots.save(fig, out / name)[0]
+    page = _html(root, s, table, figures, fig_errors, runs(root), problems, target_acc)
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return out

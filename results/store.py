@@ -1,0 +1,110 @@
+"""Reading and writing one run's files: ``metrics.parquet`` and ``run.json``.
+
+A run directory ``DIR/<run_id>/`` holds the tidy table (:mod:`results.schema`) as
+``metrics.parquet`` and the run's record (run_id, status, error, resolved config,
+versions, start/finish times) as ``run.json``. Both are written *atomically*: the bytes
+go to a hidden temporary file in the same directory, which is then ``os.replace``-d
+onto the final name, so a reader sees the old file or the new one, never half of one
+(a crash leaves only a ``.<name>.*.tmp`` file, which readers ignore).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from results.errors import ResultsError
+from results.schema import conform
+
+METRICS = "metrics.parquet"
+RUN_JSON = "run.json"
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` for a temp file beside ``path``, then move it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Conform ``df`` to the schema and write it as parquet at ``path``, atomically.
+
+    Missing schema columns are added as nulls (nullable ``Int64`` for integers); a value
+    that cannot take its schema dtype raises ``ValueError`` naming the column.
+    """
+    table = pa.Table.from_pandas(conform(df), preserve_index=False)
+    return _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _json_default(obj: Any) -> Any:
+    """Make numpy scalars/arrays, paths and sets JSON-serialisable; refuse the rest."""
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON at ``path``, atomically (used for ``run.json``)."""
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_write(path, write)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a ``run.json``; raise ``ResultsError`` naming the file if it is not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{path}: cannot read run record: {e}") from None
+    if not isinstance(obj, dict):
+        raise ResultsError(f"{path}: run record is a {type(obj).__name__}, not a JSON object")
+    return obj
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
+    """Return ``(table, record)`` of one run directory, the table conformed to the schema.
+
+    Raises ``ResultsError`` (one line, naming the file) if either file is missing or unreadable.
+    """
+    run_dir = Path(run_dir)
+    record = read_json(run_dir / RUN_JSON)
+    path = run_dir / METRICS
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as e:  # ArrowInvalid, OSError, ...: all mean "not a readable table"
+        raise ResultsError(f"{path}: cannot read metrics table: {type(e).__name__}: {e}") from None
+    try:
+        return conform(df), record
+    except (TypeError, ValueError) as e:
+        raise ResultsError(f"{path}: schema mismatch: {e}") from None

@@ -1,0 +1,145 @@
+"""``harness topology NAME --n 16 [--seed S] [--param k=v ...] [--steps K] [--out f.png]``.
+
+Prints degree (min/mean/max), diameter, SLEM and spectral gap of a topology; for a dynamic
+one, those of each of the first K steps and the empirical consensus rate over them
+(``||(I - J) W(K-1) ... W(0)||_2^(1/K)``). With ``--out`` it draws the graph (a row of
+subplots, one per step, for a dynamic graph) to a PNG with matplotlib and networkx.
+``--param`` values are read as YAML: ``--param d=4 --param graphs=[ring,exponential]``.
+
+Examples::
+
+    harness topology torus --n 16
+    harness topology one_peer_exponential --n 8 --out onepeer.png
+    harness topology churn --n 12 --param base=torus --param p=0.2 --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import networkx as nx
+import yaml
+
+from topologies.base import TopologyError
+from topologies.registry import NAMES, build
+from topologies.spectral import consensus_rate, summary
+from topologies.static import lattice_shape
+
+MAX_ROWS, MAX_PANELS = 32, 6
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness topology", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help=f"one of: {', '.join(NAMES)}")
+    p.add_argument("--n", type=int, default=16, help="number of nodes (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random and dynamic graphs")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="a spec parameter, e.g. d=4, p=0.3, weights=metropolis, base=torus")
+    p.add_argument("--steps", type=int, default=None,
+                   help="dynamic graphs: steps shown and consensus window (default: period, or 8)")
+    p.add_argument("--out", default=None, help="draw the graph to this PNG file")
+    return p
+
+
+def parse_params(items: list[str]) -> dict:
+    """``["d=4", "graphs=[ring, exponential]"]`` -> ``{"d": 4, "graphs": ["ring", "exponential"]}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TopologyError(f"topology.param: expected KEY=VALUE; got {item!r}; write e.g. --param d=4")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _fmt_diam(d) -> str:
+    return "inf (disconnected)" if d == math.inf else str(d)
+
+
+def _layout(topo) -> dict:
+    while topo.base is not None:  # perturbed graphs are drawn where their base graph is
+        topo = topo.base
+    g = topo.graph(0)
+    und = g.to_undirected() if g.is_directed() else g
+    if topo.name in ("torus", "grid"):
+        _, cols = lattice_shape(topo.name, topo.n, topo.params.get("rows"), 1)
+        return {v: (v % cols, -(v // cols)) for v in range(topo.n)}
+    if topo.name == "hypercube":
+        return nx.kamada_kawai_layout(und)
+    if topo.name == "star":
+        c = int(topo.params.get("center", 0))
+        return nx.shell_layout(und, [[c], [v for v in range(topo.n) if v != c]])
+    return nx.circular_layout(sorted(und.nodes))
+
+
+def draw(topo, steps: list[int], path: str) -> None:
+    """Draw the graph of each step in ``steps`` side by side into ``path`` (PNG)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    fig = Figure(figsize=(3.2 * len(steps), 3.4))
+    axes = fig.subplots(1, len(steps), squeeze=False)[0]
+    pos = _layout(topo)
+    for ax, t in zip(axes, steps):
+        g = topo.graph(t)
+        colour = ["#bbbbbb" if g.degree(v) == 0 else "#4c72b0" for v in g.nodes]
+        arrows = {"arrows": True, "arrowsize": 8} if g.is_directed() else {"arrows": False}
+        nx.draw_networkx(g, pos, ax=ax, node_color=colour, node_size=180, font_size=7,
+                         font_color="white", edge_color="#555555", width=0.8, **arrows)
+        ax.set_title(topo.name if topo.static else f"{topo.name}\nstep {t}", fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help or a malformed command line: argparse has printed why
+        return int(e.code or 0)
+    try:
+        spec = {"name": args.name, **parse_params(args.param)}
+        topo = build(spec, args.n, args.seed)
+        if args.steps is not None and args.steps < 1:
+            raise TopologyError(f"topology.steps: must be >= 1; got {args.steps}; use e.g. --steps 8")
+    except TopologyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    f0 = topo.frame(0)
+    kind = "static" if topo.static else (f"dynamic, period {topo.period}" if topo.period else "dynamic")
+    print(f"topology {topo.name}  n={topo.n}  seed={args.seed}  {kind}  weights={f0.scheme}"
+          f"  {'directed' if topo.directed else 'undirected'}")
+    if topo.params:
+        print(f"params: {topo.params}")
+    if topo.static:
+        s = summary(topo)
+        print(f"degree (in) min/mean/max: {s['deg_min']} / {s['deg_mean']:.2f} / {s['deg_max']}")
+        print(f"diameter: {_fmt_diam(s['diameter'])}")
+        print(f"SLEM: {s['slem']:.6f}  spectral gap: {s['gap']:.6f}")
+        print(f"claims: {', '.join(sorted(f0.claims))}")
+        shown = [0]
+    else:
+        k = args.steps or (topo.period if topo.period and topo.period <= MAX_ROWS else 8)
+        print(f"{'step':>5} {'edges':>6}  {'degree min/mean/max':<20} {'diameter':<19} {'SLEM':>9} {'gap':>9}")
+        for t in range(min(k, MAX_ROWS)):
+            s = summary(topo, t)
+            deg = f"{s['deg_min']} / {s['deg_mean']:.2f} / {s['deg_max']}"
+            print(f"{t:>5} {s['edges']:>6}  {deg:<20} {_fmt_diam(s['diameter']):<19} "
+                  f"{s['slem']:>9.6f} {s['gap']:>9.6f}")
+        if k > MAX_ROWS:
+            print(f"  ... ({k - MAX_ROWS} more steps)")
+        print(f"empirical consensus rate over {k} steps: {consensus_rate(topo, k):.6f}"
+              f"  (||(I-J) W({k - 1})...W(0)||_2^(1/{k}))")
+        shown = list(range(min(k, MAX_PANELS)))
+    if args.out:
+        draw(topo, shown, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
