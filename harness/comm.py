@@ -5,6 +5,7 @@ compression). Per worker:
 
 * ring all-reduce of ``b`` bytes over ``n`` workers: sends and receives ``2(n-1)/n * b``
   in ``2(n-1)`` messages (reduce-scatter then all-gather);
+* ring all-gather: sends and receives ``(n-1) * b`` in ``n-1`` messages;
 * gossip: one message of ``b`` bytes to each out-neighbour, one from each in-neighbour.
 """
 from __future__ import annotations
@@ -31,6 +32,13 @@ def ring_allreduce(nbytes: int, n: int) -> Traffic:
         return Traffic(0.0, 0.0, 0)
     b = 2.0 * (n - 1) / n * nbytes
     return Traffic(b, b, 2 * (n - 1))
+
+
+def ring_allgather(nbytes: int, n: int) -> Traffic:
+    """Each worker forwards ``n - 1`` blocks of ``nbytes`` around the ring."""
+    if n <= 1:
+        return Traffic(0.0, 0.0, 0)
+    return Traffic(float((n - 1) * nbytes), float((n - 1) * nbytes), n - 1)
 
 
 def gossip(nbytes: int, out_degree: int, in_degree: int) -> Traffic:

@@ -67,7 +67,7 @@ def build(cfg: RunConfig, on_eval=None):
     recorder = Recorder(meta_columns(cfg, cfg.backend), cfg.n_workers, cfg.steps, task.evaluate,
                         cfg.eval_every, cfg.log_every, on_eval)
     run = Run(algorithm=algorithms.get(cfg.algorithm["name"]), params=alg_params,
-              ctx=Ctx(cfg.n_workers, cfg.steps, cfg.seed), task=task,
+              ctx=Ctx(cfg.n_workers, cfg.steps, cfg.seed, segments=tuple(task.segments)), task=task,
               sampler=Sampler(task.shards, task.batch_size, cfg.seed),
               compute=ComputeTimes(cfg.compute, cfg.n_workers, cfg.seed), network=cfg.network, recorder=recorder,
               topology=topologies.build(cfg.topology, cfg.n_workers, cfg.seed) if cfg.topology else None)

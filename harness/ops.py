@@ -15,7 +15,9 @@ op              meaning                                                result
 Grad(x)         minibatch loss and gradient on this worker's shard     (loss, grad)
 Compute(cost)   local work with an abstract cost (units of one Grad)   None
 AllReduce(x)    reduce ``x`` over all workers ("mean" or "sum")        reduced tensor
+AllGather(x)    every worker's ``x``, stacked along a new first axis    ``[n, *x]``
 Gossip(x, step) ``sum_j W(step)[i, j] x_j`` over the graph's neighbours mixed tensor
+Rand()          a uniform draw from this worker's own random stream    ``[]``
 Record(...)     a row for the result table (the backend stamps it)     None
 ==============  =====================================================  ================
 """
@@ -55,6 +57,21 @@ class AllReduce:
 
 
 @dataclass(frozen=True)
+class AllGather:
+    """Gather every worker's ``x``: the result is ``[n, *x.shape]`` on a per-worker backend
+    and ``[n, n, *row.shape]`` on the stacked one (each worker's own copy). Use it for small
+    things (losses, norms); priced as a ring all-gather."""
+
+    x: Tensor
+
+
+@dataclass(frozen=True)
+class Rand:
+    """A ``U[0, 1)`` draw per worker (``[]``, or ``[n]`` stacked), from the worker's own
+    seeded stream, so every backend draws the same numbers."""
+
+
+@dataclass(frozen=True)
 class Gossip:
     """Mix ``x`` with the neighbours of the run's topology at ``step``:
     ``x_i <- sum_j W(step)[i, j] x_j``. Costs one message per in-edge."""
@@ -78,4 +95,4 @@ class Record:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-Op = Grad | Compute | AllReduce | Gossip | Record
+Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Record

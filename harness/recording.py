@@ -5,7 +5,8 @@ compute/comm/idle seconds, bytes, messages) and one :class:`Recorder`. Worker ro
 written every ``log_every`` steps. At evaluation steps (every ``eval_every`` steps, the
 first and the last) the recorder averages the workers' models into the consensus model
 once all workers have reported that step, and writes a ``worker = -1`` row with test
-metrics, the consensus distance ``mean_i ||x_i - x_bar||^2``, counters summed over
+metrics, the consensus distance ``mean_i ||x_i - x_bar||^2``, the valley width
+``mean_i ||x_i - x_bar||``, counters summed over
 workers and the latest worker clock.
 """
 from __future__ import annotations
@@ -91,7 +92,9 @@ class Recorder:
         for c in COUNTERS[1:]:
             row[c] = float(np.sum(counters[c]))
         row.update(self.evaluate(xbar))
-        row["consensus_dist"] = ((X - xbar) ** 2).sum(-1).mean().item()
+        sq = ((X - xbar) ** 2).sum(-1)
+        row["consensus_dist"] = sq.mean().item()
+        row["valley_width"] = sq.sqrt().mean().item()
         self.rows.append(row)
         if self.on_eval:
             self.on_eval(row)

@@ -41,7 +41,8 @@ COLUMNS: dict[str, str] = {
     "train_loss": "float64",
     "test_loss": "float64",
     "test_acc": "float64",
-    "consensus_dist": "float64",
+    "consensus_dist": "float64",  # mean_i ||x_i - x_bar||^2
+    "valley_width": "float64",  # mean_i ||x_i - x_bar|| (DPPF's measure)
 }
 
 HP_PREFIX = "hp."

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from harness.algorithms import Ctx
@@ -45,6 +46,11 @@ class Simulator:
         self.run = run
         self.n = run.ctx.n_workers
         self.stats = Stats(self.n)
+        self.rngs = [np.random.default_rng([run.ctx.seed, i, 17]) for i in range(self.n)]
+
+    def draw(self, i: int) -> torch.Tensor:
+        """Worker ``i``'s next ``U[0, 1)`` draw (``Rand`` op), from its own stream."""
+        return torch.tensor(self.rngs[i].random(), dtype=torch.float64)
 
     def topology(self) -> Topology:
         if self.run.topology is None:

@@ -3,6 +3,7 @@
 * point-to-point message of ``b`` bytes: ``alpha + b / beta``;
 * ring all-reduce over ``n`` workers: ``2(n-1) alpha + 2(n-1)/n * b / beta``
   (Thakur, Rabenseifner & Gropp 2005);
+* ring all-gather of ``b`` bytes per worker: ``(n-1) (alpha + b / beta)``;
 * a gossip step: a worker finishes when its last in-neighbour's message has arrived.
 """
 from __future__ import annotations
@@ -22,3 +23,8 @@ class NetworkSpec(BaseModel):
         if n <= 1:
             return 0.0
         return 2 * (n - 1) * self.latency_s + 2 * (n - 1) / n * nbytes / self.bandwidth_Bps
+
+    def ring_allgather(self, nbytes: float, n: int) -> float:
+        if n <= 1:
+            return 0.0
+        return (n - 1) * (self.latency_s + nbytes / self.bandwidth_Bps)

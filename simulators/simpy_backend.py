@@ -13,6 +13,8 @@ Messages are tagged by step, so a worker that runs ahead never mixes the wrong r
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import simpy
 import torch
 
@@ -45,9 +47,10 @@ class SimPyBackend(Simulator):
         return torch.stack([self.final[i] for i in range(self.n)])
 
     def _worker(self, i, x):
-        gen = self.run.algorithm(self.run.ctx, x, **self.run.params)
+        gen = self.run.algorithm(replace(self.run.ctx, index=torch.tensor(i)), x, **self.run.params)
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
-                    ops.Gossip: self._gossip, ops.Record: self._record}
+                    ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
+                    ops.Record: self._record}
         value = None
         while True:
             try:
@@ -72,20 +75,30 @@ class SimPyBackend(Simulator):
         yield from self._hold(i, op.cost)
 
     def _allreduce(self, i, op):
+        nbytes = comm.payload_bytes(op.x, stacked=False)
+        reduce = (lambda t: t.mean(0)) if op.op == "mean" else (lambda t: t.sum(0))
+        return (yield from self._collective(i, op.x, reduce, comm.ring_allreduce(nbytes, self.n),
+                                            self.run.network.ring_allreduce(nbytes, self.n)))
+
+    def _allgather(self, i, op):
+        nbytes = comm.payload_bytes(op.x, stacked=False)
+        return (yield from self._collective(i, op.x, lambda t: t, comm.ring_allgather(nbytes, self.n),
+                                            self.run.network.ring_allgather(nbytes, self.n)))
+
+    def _collective(self, i, x, combine, traffic, cost):
+        """A barrier keyed by the worker's collective count: the last arrival combines the
+        stacked payloads; everybody leaves ``cost`` seconds after that arrival."""
         key = self.coll_count[i]
         self.coll_count[i] += 1
         c = self.collectives.setdefault(key, _Collective(self.env))
-        c.payloads[i] = op.x
-        nbytes = comm.payload_bytes(op.x, stacked=False)
-        cost = self.run.network.ring_allreduce(nbytes, self.n)
+        c.payloads[i] = x
         arrived = self.env.now
         if len(c.payloads) == self.n:
             del self.collectives[key]
-            red = torch.stack([c.payloads[j] for j in range(self.n)])
-            result = red.mean(0) if op.op == "mean" else red.sum(0)
+            result = combine(torch.stack([c.payloads[j] for j in range(self.n)]))
             self.env.process(self._succeed_later(c.done, cost, result))
         result = yield c.done
-        self.stats.add_traffic(i, comm.ring_allreduce(nbytes, self.n))
+        self.stats.add_traffic(i, traffic)
         self.stats.finish_comm(i, arrived, self.env.now, cost)
         return result.clone()
 
@@ -114,6 +127,10 @@ class SimPyBackend(Simulator):
     def _deliver(self, dst, tag, x, delay):
         yield self.env.timeout(delay)
         yield self.mailboxes[dst].put((tag, x))
+
+    def _rand(self, i, op):
+        return self.draw(i)
+        yield  # a handler is a generator even when it never waits
 
     def _record(self, i, op):
         rec = self.run.recorder

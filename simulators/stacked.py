@@ -13,6 +13,8 @@ backend's on the same scenario, to the last bit (a test pins this down).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -26,9 +28,10 @@ class StackedBackend(Simulator):
     def execute(self, x0: torch.Tensor) -> torch.Tensor:
         self.start(x0)
         X = x0.expand(self.n, -1).clone()
-        gen = self.run.algorithm(self.run.ctx, X, **self.run.params)
+        gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
-                    ops.Gossip: self._gossip, ops.Record: self._record}
+                    ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
+                    ops.Record: self._record}
         value = None
         while True:
             try:
@@ -57,12 +60,23 @@ class StackedBackend(Simulator):
 
     def _allreduce(self, op):
         nbytes = comm.payload_bytes(op.x, stacked=True)
-        cost = self.run.network.ring_allreduce(nbytes, self.n)
-        arrived = self.stats.time.copy()
         red = op.x.mean(0, keepdim=True) if op.op == "mean" else op.x.sum(0, keepdim=True)
-        self.stats.add_traffic(slice(None), comm.ring_allreduce(nbytes, self.n))
-        self.stats.finish_comm(slice(None), arrived, np.full(self.n, arrived.max() + cost), cost)
+        self._barrier(comm.ring_allreduce(nbytes, self.n), self.run.network.ring_allreduce(nbytes, self.n))
         return red.expand_as(op.x).clone()
+
+    def _allgather(self, op):
+        nbytes = comm.payload_bytes(op.x, stacked=True)
+        self._barrier(comm.ring_allgather(nbytes, self.n), self.run.network.ring_allgather(nbytes, self.n))
+        return op.x.unsqueeze(0).expand(self.n, *op.x.shape).clone()
+
+    def _barrier(self, traffic, cost):
+        """Max-plus clock of a collective: everybody leaves at ``max_j T_j + cost``."""
+        arrived = self.stats.time.copy()
+        self.stats.add_traffic(slice(None), traffic)
+        self.stats.finish_comm(slice(None), arrived, np.full(self.n, arrived.max() + cost), cost)
+
+    def _rand(self, op):
+        return torch.stack([self.draw(i) for i in range(self.n)])
 
     def _gossip(self, op):
         topo = self.topology()

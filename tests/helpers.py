@@ -15,5 +15,6 @@ def small(alg: str = "local_sgd", **over):
            "compute": {"model": "lognormal", "sigma": 0.5, "straggler_fraction": 0.25, "straggler_factor": 3},
            "network": {"latency_s": 0.001, "bandwidth_Bps": 1e7}, **ALGOS[alg]}
     for k, v in over.items():
-        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+        merge = isinstance(v, dict) and isinstance(raw.get(k), dict) and k != "algorithm"
+        raw[k] = {**raw[k], **v} if merge else v
     return expand(raw)[0]

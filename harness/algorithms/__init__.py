@@ -19,11 +19,23 @@ ALGORITHMS: dict[str, Callable] = {}
 
 @dataclass(frozen=True)
 class Ctx:
-    """What an algorithm may know about its run (never time, rank or network)."""
+    """What an algorithm may know about its run (never time or network).
+
+    ``index`` is this worker's index as a tensor: a 0-d ``tensor(i)`` on per-worker
+    backends, ``arange(n)`` on the stacked one, so ``v.gather(-1, ctx.index[..., None])``
+    picks "my entry" of a gathered ``[..., n]`` value on both. ``segments`` are the
+    ``(start, end)`` ranges of the model's parameter tensors in the flat vector (layers).
+    """
 
     n_workers: int
     steps: int
     seed: int
+    index: Any = None
+    segments: tuple = ()
+
+    def mine(self, gathered):
+        """This worker's entry of a gathered ``[..., n]`` tensor (``[]``, or ``[n]`` stacked)."""
+        return gathered.gather(-1, self.index.unsqueeze(-1)).squeeze(-1)
 
 
 def register(name: str):

@@ -32,6 +32,7 @@ class Task:
 
     # Filled in by subclasses.
     dim: int
+    segments: list[tuple[int, int]]  # (start, end) of each parameter tensor in the flat vector
     dtype: torch.dtype
     x_train: torch.Tensor
     y_train: torch.Tensor

@@ -50,7 +50,11 @@ class DigitsTask(Task):
         kw = {"alpha": params.alpha} if params.partition == "dirichlet" else {}
         self.shards = PARTITIONS[params.partition](y[train], n_workers, seed, **kw)
         self.sizes = [64, *params.hidden, 10]
-        self.dim = sum(a * b + b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        self.segments, off = [], 0
+        for a, b in zip(self.sizes[:-1], self.sizes[1:]):  # (weight, bias) per layer
+            self.segments += [(off, off + a * b), (off + a * b, off + a * b + b)]
+            off += a * b + b
+        self.dim = off
 
     def init_params(self, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
