@@ -82,6 +82,10 @@ def resolve(raw: dict) -> RunConfig:
         raise ConfigError(f"task.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    try:
+        cfg.network.check_workers(cfg.n_workers + (1 if algorithms.get(name).has_server else 0))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.topology is not None:
         import topologies
 

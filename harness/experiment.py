@@ -59,17 +59,19 @@ def build(cfg: RunConfig, on_eval=None):
     import topologies
     from simulators import BACKENDS
     from simulators.base import Run
-    from simulators.compute import ComputeTimes
+    from simulators.compute import ComputeTimes, measure_grad_seconds
 
     torch.set_num_threads(cfg.threads)
     task = build_task(cfg.task, cfg.n_workers, cfg.seed)
     alg_params = {k: v for k, v in cfg.algorithm.items() if k != "name"}
     recorder = Recorder(meta_columns(cfg, cfg.backend), cfg.n_workers, cfg.steps, task.evaluate,
                         cfg.eval_every, cfg.log_every, on_eval)
+    sampler = Sampler(task.shards, task.batch_size, cfg.seed)
+    # calibration measures on its own sampler so the run's batch streams stay untouched
+    measure = lambda: measure_grad_seconds(task, Sampler(task.shards, task.batch_size, cfg.seed + 1))  # noqa: E731
     run = Run(algorithm=algorithms.get(cfg.algorithm["name"]), params=alg_params,
-              ctx=Ctx(cfg.n_workers, cfg.steps, cfg.seed, segments=tuple(task.segments)), task=task,
-              sampler=Sampler(task.shards, task.batch_size, cfg.seed),
-              compute=ComputeTimes(cfg.compute, cfg.n_workers, cfg.seed), network=cfg.network, recorder=recorder,
+              ctx=Ctx(cfg.n_workers, cfg.steps, cfg.seed, segments=tuple(task.segments)), task=task, sampler=sampler,
+              compute=ComputeTimes(cfg.compute, cfg.n_workers, cfg.seed, measure), network=cfg.network, recorder=recorder,
               topology=topologies.build(cfg.topology, cfg.n_workers, cfg.seed) if cfg.topology else None)
     return BACKENDS[cfg.backend](run), task.init_params(cfg.seed)
 

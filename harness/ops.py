@@ -18,8 +18,15 @@ AllReduce(x)    reduce ``x`` over all workers ("mean" or "sum")        reduced t
 AllGather(x)    every worker's ``x``, stacked along a new first axis    ``[n, *x]``
 Gossip(x, step) ``sum_j W(step)[i, j] x_j`` over the graph's neighbours mixed tensor
 Rand()          a uniform draw from this worker's own random stream    ``[]``
+Send(dst, x)    point-to-point message to rank ``dst`` (buffered)       None
+Recv(src)       next message from ``src`` (or ``ANY`` source)           :class:`Message`
 Record(...)     a row for the result table (the backend stamps it)     None
 ==============  =====================================================  ================
+
+Asynchronous methods use *roles*: an algorithm registered with ``server=True`` runs on
+``n_workers + 1`` ranks; rank 0 (``SERVER``) has ``ctx.role == "server"``, ranks 1..n are
+workers (``ctx.index = rank - 1``). Such algorithms run on SimPy and the real backends; the
+stacked backend refuses them. Collectives then span the workers only.
 """
 from __future__ import annotations
 
@@ -46,10 +53,15 @@ class Compute:
 
 @dataclass(frozen=True)
 class AllReduce:
-    """Reduce ``x`` over all workers; every worker gets the result."""
+    """Reduce ``x`` over all workers; every worker gets the result.
+
+    ``quorum=k`` (backup workers, Chen et al. arXiv 1604.00981): reduce only the first ``k``
+    arrivals; the others' computation is cut short when the result is out, and they
+    continue from it. Ties in arrival time are broken by worker index."""
 
     x: Tensor
     op: str = "mean"
+    quorum: int | None = None
 
     def __post_init__(self):
         if self.op not in ("mean", "sum"):
@@ -80,6 +92,36 @@ class Gossip:
     step: int
 
 
+ANY = -1  # Recv from any source
+SERVER = 0  # the server's rank in algorithms registered with server=True
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``x`` to rank ``dst`` with an integer ``tag``. Returns once the message has left
+    this rank (buffered send); the receiver gets it with :class:`Recv`."""
+
+    dst: int
+    x: Tensor
+    tag: int = 0
+
+
+@dataclass(frozen=True)
+class Recv:
+    """Wait for the next message from rank ``src`` (``ANY``: from anyone) with ``tag``
+    (``None``: any tag). Messages from one sender arrive in the order they were sent."""
+
+    src: int = ANY
+    tag: int | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    src: int
+    tag: int
+    x: Tensor
+
+
 @dataclass(frozen=True)
 class Record:
     """A row for the result table at ``step``.
@@ -95,4 +137,4 @@ class Record:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Record
+Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Send | Recv | Record

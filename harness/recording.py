@@ -58,13 +58,16 @@ class Recorder:
     def is_eval(self, step: int) -> bool:
         return step == 0 or step == self.steps or step % self.eval_every == 0
 
-    def worker(self, i: int, step: int, rnd: int, stats: Stats, loss=None, metrics: dict | None = None):
+    def worker(self, i: int, step: int, rnd: int, stats: Stats, loss=None, metrics: dict | None = None,
+               slot: int | None = None):
+        """A row for worker ``i``; ``slot`` is its index in ``stats`` (its rank) if different."""
         if step % self.log_every and step != self.steps:
             return
+        k = i if slot is None else slot
         row = {**self.meta, "worker": i, "event": "step", "step": step, "round": rnd,
-               "time_s": float(stats.time[i])}
+               "time_s": float(stats.time[k])}
         for c in COUNTERS[1:]:
-            row[c] = stats.__dict__[c][i].item()
+            row[c] = stats.__dict__[c][k].item()
         row["train_loss"] = float(loss) if loss is not None else np.nan
         if metrics:
             row.update({k: float(v) for k, v in metrics.items()})

@@ -45,12 +45,18 @@ class Simulator:
     def __init__(self, run: Run):
         self.run = run
         self.n = run.ctx.n_workers
-        self.stats = Stats(self.n)
+        self.offset = 1 if getattr(run.algorithm, "has_server", False) else 0  # rank 0 = server
+        self.ranks = self.n + self.offset
+        self.stats = Stats(self.ranks)
         self.rngs = [np.random.default_rng([run.ctx.seed, i, 17]) for i in range(self.n)]
 
     def draw(self, i: int) -> torch.Tensor:
         """Worker ``i``'s next ``U[0, 1)`` draw (``Rand`` op), from its own stream."""
         return torch.tensor(self.rngs[i].random(), dtype=torch.float64)
+
+    def w(self, rank: int) -> int:
+        """Worker index of a rank (-1 for the server)."""
+        return rank - self.offset
 
     def topology(self) -> Topology:
         if self.run.topology is None:
@@ -62,5 +68,5 @@ class Simulator:
         """Record the initial model (step 0) before any op."""
         rec = self.run.recorder
         for i in range(self.n):
-            rec.worker(i, 0, 0, self.stats)
+            rec.worker(i, 0, 0, self.stats, slot=i + self.offset)
         rec.consensus(0, 0, x0.expand(self.n, -1), self.stats.counters())

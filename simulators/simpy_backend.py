@@ -10,6 +10,9 @@ driver forwards every yielded op to a handler that is itself a SimPy generator:
   wait for every in-neighbour's message of the same step, mix with ``W(step)``.
 
 Messages are tagged by step, so a worker that runs ahead never mixes the wrong round.
+Algorithms registered with ``server=True`` run on ``n + 1`` ranks: rank 0 is the server,
+rank ``r >= 1`` is worker ``r - 1``; collectives span the workers. ``Send``/``Recv`` with
+NIC contention live in :mod:`simulators.simpy_p2p`.
 """
 from __future__ import annotations
 
@@ -20,55 +23,71 @@ import torch
 
 from harness import comm, ops
 from simulators.base import Simulator
+from simulators.simpy_p2p import P2PMixin
 
 
 class _Collective:
     def __init__(self, env):
         self.done = env.event()
         self.payloads: dict[int, torch.Tensor] = {}
+        self.arrivals = 0
+        self.started = False
 
 
-class SimPyBackend(Simulator):
+class SimPyBackend(P2PMixin, Simulator):
     name = "simpy"
 
     def execute(self, x0: torch.Tensor) -> torch.Tensor:
         self.env = simpy.Environment()
         self.start(x0)
         self.final: dict[int, torch.Tensor] = {}
-        self.coll_count = [0] * self.n
+        self.coll_count = [0] * self.ranks
         self.collectives: dict[int, _Collective] = {}
-        self.mailboxes = [simpy.FilterStore(self.env) for _ in range(self.n)]
-        procs = [self.env.process(self._worker(i, x0.clone())) for i in range(self.n)]
+        self.mailboxes = [simpy.FilterStore(self.env) for _ in range(self.ranks)]
+        self._link_cache = {}
+        self._init_p2p()
+        self.holding = [None] * self.ranks  # when each rank's current compute ends
+        self.procs = procs = [self.env.process(self._process(r, x0.clone())) for r in range(self.ranks)]
         self.env.run()
-        stuck = [i for i, p in enumerate(procs) if not p.triggered]
+        stuck = [r for r, p in enumerate(procs) if not p.triggered]
         if stuck:
-            raise RuntimeError(f"simulation deadlocked: workers {stuck} wait on a communication nobody completes "
+            raise RuntimeError(f"simulation deadlocked: ranks {stuck} wait on a communication nobody completes "
                                "(do all workers yield the same collectives in the same order?)")
-        return torch.stack([self.final[i] for i in range(self.n)])
+        return torch.stack([self.final[r] for r in range(self.offset, self.ranks)])
 
-    def _worker(self, i, x):
-        gen = self.run.algorithm(replace(self.run.ctx, index=torch.tensor(i)), x, **self.run.params)
+    def _process(self, r, x):
+        ctx = replace(self.run.ctx, index=torch.tensor(max(self.w(r), 0)), rank=r,
+                      role="server" if self.w(r) < 0 else "worker")
+        gen = self.run.algorithm(ctx, x, **self.run.params)
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
                     ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                    ops.Record: self._record}
+                    ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record}
         value = None
         while True:
             try:
                 op = gen.send(value)
             except StopIteration as stop:
-                self.final[i] = stop.value
+                self.final[r] = stop.value
                 return
-            value = yield from handlers[type(op)](i, op)
+            value = yield from handlers[type(op)](r, op)
 
-    def _hold(self, i, cost):
-        dt = self.run.compute.sample(i, cost)
-        self.stats.compute_s[i] += dt
-        yield self.env.timeout(dt)
-        self.stats.time[i] = self.env.now
+    def _hold(self, r, cost):
+        w = self.w(r)
+        dt = self.run.compute.sample(w, cost) if w >= 0 else self.run.compute.mean_s * cost  # servers do not straggle
+        self.stats.compute_s[r] += dt
+        self.holding[r] = self.env.now + dt
+        try:
+            yield self.env.timeout(dt)
+        except simpy.Interrupt:  # a quorum all-reduce finished without us: stop computing
+            self.stats.compute_s[r] -= self.holding[r] - self.env.now
+        self.holding[r] = None
+        self.stats.time[r] = self.env.now
 
-    def _grad(self, i, op):
-        out = self.run.task.loss_and_grad(op.x, self.run.sampler.worker(i, op.batches))
-        yield from self._hold(i, op.batches)
+    def _grad(self, r, op):
+        if self.w(r) < 0:
+            raise ValueError("Grad: the server has no data; only workers compute gradients")
+        out = self.run.task.loss_and_grad(op.x, self.run.sampler.worker(self.w(r), op.batches))
+        yield from self._hold(r, op.batches)
         return out
 
     def _compute(self, i, op):
@@ -78,63 +97,81 @@ class SimPyBackend(Simulator):
         nbytes = comm.payload_bytes(op.x, stacked=False)
         reduce = (lambda t: t.mean(0)) if op.op == "mean" else (lambda t: t.sum(0))
         return (yield from self._collective(i, op.x, reduce, comm.ring_allreduce(nbytes, self.n),
-                                            self.run.network.ring_allreduce(nbytes, self.n)))
+                                            self.run.network.allreduce_time(nbytes, self.n), op.quorum))
 
     def _allgather(self, i, op):
         nbytes = comm.payload_bytes(op.x, stacked=False)
         return (yield from self._collective(i, op.x, lambda t: t, comm.ring_allgather(nbytes, self.n),
                                             self.run.network.ring_allgather(nbytes, self.n)))
 
-    def _collective(self, i, x, combine, traffic, cost):
-        """A barrier keyed by the worker's collective count: the last arrival combines the
-        stacked payloads; everybody leaves ``cost`` seconds after that arrival."""
+    def _collective(self, i, x, combine, traffic, cost, quorum=None):
+        """A barrier keyed by the worker's collective count: the ``quorum``-th (default: last)
+        arrival combines the payloads in; everybody leaves ``cost`` seconds after it."""
         key = self.coll_count[i]
         self.coll_count[i] += 1
         c = self.collectives.setdefault(key, _Collective(self.env))
-        c.payloads[i] = x
+        c.arrivals += 1
+        if not c.started:
+            c.payloads[self.w(i)] = x
         arrived = self.env.now
-        if len(c.payloads) == self.n:
+        if c.arrivals == (quorum or self.n):
+            c.started = True
+            result = combine(torch.stack([c.payloads[j] for j in sorted(c.payloads)]))
+            self.env.process(self._succeed_later(c.done, cost, result, key if quorum else None))
+        if c.arrivals == self.n:
             del self.collectives[key]
-            result = combine(torch.stack([c.payloads[j] for j in range(self.n)]))
-            self.env.process(self._succeed_later(c.done, cost, result))
         result = yield c.done
         self.stats.add_traffic(i, traffic)
         self.stats.finish_comm(i, arrived, self.env.now, cost)
         return result.clone()
 
-    def _succeed_later(self, event, delay, value):
+    def _succeed_later(self, event, delay, value, quorum_key=None):
         yield self.env.timeout(delay)
         event.succeed(value)
+        if quorum_key is not None:  # late workers still computing for this round stop now
+            for r in range(self.offset, self.ranks):
+                if self.holding[r] is not None and self.coll_count[r] == quorum_key:
+                    self.procs[r].interrupt()
 
     def _gossip(self, i, op):
-        topo = self.topology()
-        outs, ins = topo.out_neighbors(i, op.step), topo.in_neighbors(i, op.step)
+        topo, w, o = self.topology(), self.w(i), self.offset
+        outs, ins = topo.out_neighbors(w, op.step), topo.in_neighbors(w, op.step)
         nbytes = comm.payload_bytes(op.x, stacked=False)
-        link = self.run.network.p2p(nbytes)
+        L = self._links(nbytes)
         arrived = self.env.now
         for j in outs:
-            self.env.process(self._deliver(j, (op.step, i), op.x, link))
-        got = {i: op.x}
+            self.env.process(self._deliver(j + o, (op.step, w), op.x, L[j, w]))
+        got = {w: op.x}
         for j in ins:
             msg = yield self.mailboxes[i].get(lambda m, j=j: m[0] == (op.step, j))
             got[j] = msg[1]
-        w = topo.W(op.step)[i]
-        mixed = sum(float(w[j]) * got[j] for j in sorted(got))
+        row = topo.W(op.step)[w]
+        mixed = sum(float(row[j]) * got[j] for j in sorted(got))
         self.stats.add_traffic(i, comm.gossip(nbytes, len(outs), len(ins)))
-        self.stats.finish_comm(i, arrived, self.env.now, link if ins else 0.0)
+        self.stats.finish_comm(i, arrived, self.env.now, max((L[w, j] for j in ins), default=0.0))
         return mixed
+
+    def _links(self, nbytes):
+        if nbytes not in self._link_cache:
+            self._link_cache[nbytes] = self.run.network.link_matrix(nbytes, self.n)
+        return self._link_cache[nbytes]
 
     def _deliver(self, dst, tag, x, delay):
         yield self.env.timeout(delay)
         yield self.mailboxes[dst].put((tag, x))
 
     def _rand(self, i, op):
-        return self.draw(i)
+        return self.draw(self.w(i))
         yield  # a handler is a generator even when it never waits
 
     def _record(self, i, op):
-        rec = self.run.recorder
-        rec.worker(i, op.step, op.round, self.stats, op.loss, op.metrics)
-        rec.offer(i, op.step, op.round, op.x, self.stats)
+        rec, w = self.run.recorder, self.w(i)
+        if w < 0:  # the server's model is the global model
+            if rec.is_eval(op.step):
+                rec.consensus(op.step, op.round, op.x.unsqueeze(0), self.stats.counters())
+        else:
+            rec.worker(w, op.step, op.round, self.stats, op.loss, op.metrics, slot=i)
+            if not self.offset:
+                rec.offer(w, op.step, op.round, op.x, self.stats)
         return None
         yield  # a handler is a generator even when it never waits

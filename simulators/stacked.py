@@ -26,7 +26,11 @@ class StackedBackend(Simulator):
     name = "stacked"
 
     def execute(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.offset:
+            raise BackendError(f"backend: {self.run.algorithm.algorithm_name!r} is asynchronous (server and worker "
+                               "roles); the stacked backend runs lock-step algorithms only; use --backend simpy")
         self.start(x0)
+        self._link_cache = {}
         X = x0.expand(self.n, -1).clone()
         gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
@@ -60,8 +64,17 @@ class StackedBackend(Simulator):
 
     def _allreduce(self, op):
         nbytes = comm.payload_bytes(op.x, stacked=True)
-        red = op.x.mean(0, keepdim=True) if op.op == "mean" else op.x.sum(0, keepdim=True)
-        self._barrier(comm.ring_allreduce(nbytes, self.n), self.run.network.ring_allreduce(nbytes, self.n))
+        cost = self.run.network.allreduce_time(nbytes, self.n)
+        x = op.x
+        if op.quorum and op.quorum < self.n:
+            first = np.sort(np.argsort(self.stats.time, kind="stable")[: op.quorum])
+            x = op.x[torch.as_tensor(first)]
+            done = self.stats.time[first].max() + cost
+            late = self.stats.time > done  # still computing when the result is out: cut short
+            self.stats.compute_s[late] -= self.stats.time[late] - done
+            self.stats.time[late] = done
+        red = x.mean(0, keepdim=True) if op.op == "mean" else x.sum(0, keepdim=True)
+        self._barrier(comm.ring_allreduce(nbytes, self.n), cost, op.quorum)
         return red.expand_as(op.x).clone()
 
     def _allgather(self, op):
@@ -69,11 +82,13 @@ class StackedBackend(Simulator):
         self._barrier(comm.ring_allgather(nbytes, self.n), self.run.network.ring_allgather(nbytes, self.n))
         return op.x.unsqueeze(0).expand(self.n, *op.x.shape).clone()
 
-    def _barrier(self, traffic, cost):
-        """Max-plus clock of a collective: everybody leaves at ``max_j T_j + cost``."""
+    def _barrier(self, traffic, cost, quorum=None):
+        """Max-plus clock of a collective: everybody leaves at ``T_(k) + cost``, the k-th
+        smallest arrival (k = quorum, default n: the maximum)."""
         arrived = self.stats.time.copy()
+        kth = np.sort(arrived)[(quorum or self.n) - 1]
         self.stats.add_traffic(slice(None), traffic)
-        self.stats.finish_comm(slice(None), arrived, np.full(self.n, arrived.max() + cost), cost)
+        self.stats.finish_comm(slice(None), arrived, np.full(self.n, kth + cost), cost)
 
     def _rand(self, op):
         return torch.stack([self.draw(i) for i in range(self.n)])
@@ -82,15 +97,17 @@ class StackedBackend(Simulator):
         topo = self.topology()
         W = topo.W(op.step)
         nbytes = comm.payload_bytes(op.x, stacked=True)
-        link = self.run.network.p2p(nbytes)
+        if nbytes not in self._link_cache:
+            self._link_cache[nbytes] = self.run.network.link_matrix(nbytes, self.n)
+        L = self._link_cache[nbytes]  # L[i, j]: seconds for j's message to reach i
         edges = (W > 0) & ~np.eye(self.n, dtype=bool)  # edges[i, j]: j's model reaches i
         arrived = self.stats.time.copy()
-        via = np.where(edges, arrived[None, :] + link, -np.inf).max(1)
+        via = np.where(edges, arrived[None, :] + L, -np.inf).max(1)
         finished = np.maximum(arrived, via)
         indeg, outdeg = edges.sum(1), edges.sum(0)
         for i in range(self.n):
             self.stats.add_traffic(i, comm.gossip(nbytes, int(outdeg[i]), int(indeg[i])))
-        self.stats.finish_comm(slice(None), arrived, finished, np.where(indeg > 0, link, 0.0))
+        self.stats.finish_comm(slice(None), arrived, finished, np.where(edges, L, 0.0).max(1))
         return torch.as_tensor(W, dtype=op.x.dtype) @ op.x
 
     def _record(self, op):

@@ -32,16 +32,21 @@ class Ctx:
     seed: int
     index: Any = None
     segments: tuple = ()
+    role: str = "worker"  # "server" on rank 0 of algorithms registered with server=True
+    rank: int = -1  # process rank for Send/Recv (server algorithms only; server = 0)
 
     def mine(self, gathered):
         """This worker's entry of a gathered ``[..., n]`` tensor (``[]``, or ``[n]`` stacked)."""
         return gathered.gather(-1, self.index.unsqueeze(-1)).squeeze(-1)
 
 
-def register(name: str):
+def register(name: str, server: bool = False):
+    """Register an algorithm. ``server=True``: it also runs as a server on rank 0 (roles)."""
+
     def deco(fn):
         ALGORITHMS[name] = fn
         fn.algorithm_name = name
+        fn.has_server = server
         return fn
 
     return deco
@@ -82,7 +87,8 @@ def validate_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def _load_builtin():
     # Imported lazily so that registering a user algorithm never needs these modules.
-    from harness.algorithms import dpsgd, local_sgd, sync_sgd  # noqa: F401
+    from harness.algorithms import (async_sgd, diloco, dppf, dpsgd, easgd, grawa, local_sgd, lsgd,  # noqa: F401
+                                    palsgd, post_local_sgd, qsr, sync_sgd)
 
 
 __all__ = ["ALGORITHMS", "Ctx", "get", "hyperparameters", "register", "validate_params"]

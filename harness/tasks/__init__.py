@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from harness.tasks.base import Sampler, Task, TaskParams
 from harness.tasks.digits import DigitsTask
+from harness.tasks.quadratic import QuadraticTask
 
-TASKS: dict[str, type[Task]] = {"digits": DigitsTask}
+TASKS: dict[str, type[Task]] = {"digits": DigitsTask, "quadratic": QuadraticTask}
 
 
 def task_params(spec: dict) -> TaskParams:

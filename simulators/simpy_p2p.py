@@ -1,0 +1,59 @@
+"""Point-to-point messages for the SimPy backend, with NIC contention.
+
+``Send(dst, x)`` occupies the sender's uplink and the receiver's downlink (SimPy
+resources of capacity 1, taken in that order so no cycle of waits can form) for the
+serialisation time ``b / min(up_src, down_dst)``, then the message travels ``alpha`` and
+lands in the receiver's mailbox. The sender continues once serialisation is done
+(a buffered send). So ``n`` workers sending ``b`` bytes to one server at once finish at
+``n b / beta + alpha``: the server's downlink is a queue. Queueing counts as the sender's
+idle time, serialisation as its communication time; waiting in ``Recv`` is idle time.
+"""
+from __future__ import annotations
+
+import simpy
+
+from harness import comm, ops
+
+
+class P2PMixin:
+    def _init_p2p(self):
+        self.uplinks = [simpy.Resource(self.env, 1) for _ in range(self.ranks)]
+        self.downlinks = [simpy.Resource(self.env, 1) for _ in range(self.ranks)]
+        self.inboxes = [simpy.FilterStore(self.env) for _ in range(self.ranks)]
+
+    def _send(self, r, op):
+        if not 0 <= op.dst < self.ranks or op.dst == r:
+            raise ValueError(f"Send.dst: rank {op.dst} is not another rank of 0..{self.ranks - 1}")
+        nbytes = comm.payload_bytes(op.x, stacked=False)
+        alpha, beta = self.run.network.link(r, op.dst)
+        arrived = self.env.now
+        if self.run.network.contention:
+            with self.uplinks[r].request() as up, self.downlinks[op.dst].request() as down:
+                yield up
+                yield down
+                queued = self.env.now - arrived
+                yield self.env.timeout(nbytes / beta)
+        else:
+            queued = 0.0
+            yield self.env.timeout(nbytes / beta)
+        self.env.process(self._arrive(op.dst, ops.Message(r, op.tag, op.x), alpha))
+        self.stats.bytes_sent[r] += nbytes
+        self.stats.messages[r] += 1
+        self.stats.idle_s[r] += queued
+        self.stats.comm_s[r] += self.env.now - arrived - queued
+        self.stats.time[r] = self.env.now
+
+    def _arrive(self, dst, msg, delay):
+        yield self.env.timeout(delay)
+        yield self.inboxes[dst].put(msg)
+
+    def _recv(self, r, op):
+        def match(m):
+            return (op.src == ops.ANY or m.src == op.src) and (op.tag is None or m.tag == op.tag)
+
+        arrived = self.env.now
+        msg = yield self.inboxes[r].get(match)
+        self.stats.bytes_recv[r] += comm.payload_bytes(msg.x, stacked=False)
+        self.stats.idle_s[r] += self.env.now - arrived
+        self.stats.time[r] = self.env.now
+        return msg

@@ -1,0 +1,143 @@
+"""Issue [3]: the simulator's time agrees with closed forms."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness.algorithms import register
+from harness.config import expand
+from harness.experiment import simulate
+from harness.ops import ANY, SERVER, Compute, Record, Recv, Send
+from simulators.network import NetworkSpec
+from tests.helpers import small
+
+FREE = {"latency_s": 0.0, "bandwidth_Bps": 1e30}
+
+
+def _cheap(steps, n, backend="stacked", **over):
+    raw = {"algorithm": {"name": "sync_sgd", "lr": 0.05}, "n_workers": n, "steps": steps, "seed": 0, "backend": backend,
+           "eval_every": steps, "log_every": steps, "task": {"hidden": [4], "batch_size": 1},
+           "compute": {"model": "exponential", "mean_s": 1.0}, "network": FREE, **over}
+    return expand(raw)[0]
+
+
+def _step_times(df):
+    w0 = df[df.worker == 0].sort_values("step")
+    return w0.time_s.iloc[-1] / w0.step.iloc[-1]
+
+
+def expected_order_stat(n, k):
+    """E[k-th smallest of n Exp(1)] = sum_{i=0}^{k-1} 1/(n-i)."""
+    return sum(1.0 / (n - i) for i in range(k))
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_sync_step_time_is_expected_maximum(n):
+    df, _ = simulate(_cheap(4000, n))
+    assert _step_times(df) == pytest.approx(expected_order_stat(n, n), rel=0.02)  # H_n
+
+
+@pytest.mark.parametrize("n, b", [(8, 2), (16, 4)])
+def test_backup_workers_step_time_is_order_statistic(n, b):
+    cfg = _cheap(4000, n, algorithm={"name": "sync_sgd", "lr": 0.05, "backup": b})
+    df, _ = simulate(cfg)
+    assert _step_times(df) == pytest.approx(expected_order_stat(n, n - b), rel=0.02)
+
+
+def test_backup_workers_same_on_simpy_and_stacked():
+    out = {b: simulate(small("sync_sgd", algorithm={"name": "sync_sgd", "lr": 0.1, "backup": 1}, backend=b, n_workers=5,
+                             steps=12, compute={"model": "exponential", "mean_s": 1.0, "straggler_fraction": 0.0}))
+           for b in ("simpy", "stacked")}
+    (da, xa), (db, xb) = out["simpy"], out["stacked"]
+    assert (xa - xb).abs().max() < 1e-10
+    cols = ["worker", "step", "time_s", "compute_s", "comm_s", "idle_s"]
+    a = da[da.worker >= 0][cols].sort_values(["worker", "step"]).reset_index(drop=True)
+    b = db[db.worker >= 0][cols].sort_values(["worker", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, atol=1e-12, rtol=0)
+    assert (a.groupby("step").time_s.nunique() == 1).all()  # everybody leaves each round together
+    # the same draws without backup: the slowest worker's computation is no longer cut short
+    full, _ = simulate(small("sync_sgd", backend="stacked", n_workers=5, steps=12,
+                             compute={"model": "exponential", "mean_s": 1.0, "straggler_fraction": 0.0}))
+    last = lambda d: d[(d.worker >= 0) & (d.step == 12)]  # noqa: E731
+    assert last(db).compute_s.sum() < last(full).compute_s.sum() - 1e-9
+    assert last(db).time_s.max() < last(full).time_s.max()
+
+
+def test_collective_formulas():
+    net = NetworkSpec(latency_s=1e-3, bandwidth_Bps=1e8, workers_per_node=4, intra={"latency_s": 1e-6, "bandwidth_Bps": 1e10})
+    b, n = 4e6, 16
+    ring = 2 * (n - 1) * 1e-3 + 2 * (n - 1) / n * b / 1e8
+    assert net.ring_allreduce(b, n) == pytest.approx(ring, rel=1e-15)
+    tree = net.model_copy(update={"allreduce": "tree"})
+    assert tree.allreduce_time(b, n) == pytest.approx(2 * 4 * (1e-3 + b / 1e8), rel=1e-15)
+    hier = net.model_copy(update={"allreduce": "hierarchical"})
+    intra = 2 * 3 * 1e-6 + 2 * 3 / 4 * b / 1e10
+    inter = 2 * 3 * 1e-3 + 2 * 3 / 4 * b / 1e8
+    assert hier.allreduce_time(b, n) == pytest.approx(intra + inter, rel=1e-15)
+    assert hier.allreduce_time(b, n) < net.ring_allreduce(b, n)
+    assert net.p2p(b, 0, 1) == pytest.approx(1e-6 + b / 1e10) and net.p2p(b, 0, 4) == pytest.approx(1e-3 + b / 1e8)
+
+
+@pytest.mark.parametrize("algo", ["tree", "hierarchical"])
+def test_allreduce_algorithm_prices_the_run(algo):
+    net = {"latency_s": 1e-3, "bandwidth_Bps": 1e7, "workers_per_node": 2, "allreduce": algo}
+    cfg = small("sync_sgd", steps=3, network=net, compute={"model": "constant", "mean_s": 1.0, "straggler_fraction": 0})
+    df, x = simulate(cfg)
+    nb = 8 * x.shape[1]
+    expected = 3 * (1.0 + NetworkSpec(**net).allreduce_time(nb, 4))
+    assert df[df.worker >= 0].time_s.max() == pytest.approx(expected, rel=1e-12)
+
+
+@register("_test_incast", server=True)
+def incast(ctx, x):
+    """Test-only: every worker sends its model to the server at t=0; the server records."""
+    if ctx.role == "server":
+        for _ in range(ctx.n_workers):
+            yield Recv(ANY)
+        yield Record(step=1, x=x)
+        return x
+    yield Send(SERVER, x)
+    yield Record(step=1, x=x)
+    return x
+
+
+@pytest.mark.parametrize("contention", [True, False])
+def test_parameter_server_incast_queues_on_its_downlink(contention):
+    n, alpha, beta = 6, 0.002, 1e7
+    cfg = small("sync_sgd", algorithm={"name": "_test_incast"}, n_workers=n, steps=1, eval_every=1,
+                network={"latency_s": alpha, "bandwidth_Bps": beta, "contention": contention})
+    df, x = simulate(cfg)
+    nbytes = 8 * x.shape[1]
+    server_done = df[(df.worker == -1) & (df.step == 1)].time_s.item()
+    expected = (n if contention else 1) * nbytes / beta + alpha
+    assert server_done == pytest.approx(expected, rel=1e-12)
+    senders = df[(df.worker >= 0) & (df.step == 1)].sort_values("time_s")
+    assert senders.bytes_sent.eq(nbytes).all()
+    if contention:  # each sender leaves when its own serialisation ends: b/beta, 2b/beta, ...
+        assert np.allclose(senders.time_s.to_numpy(), np.arange(1, n + 1) * nbytes / beta)
+
+
+@pytest.mark.parametrize("alg", ["sync_sgd", "local_sgd", "dpsgd"])
+def test_stacked_equals_simpy_with_heterogeneous_links(alg):
+    net = {"latency_s": 0.002, "bandwidth_Bps": 1e7, "uplink_Bps": [1e7, 5e6, 2e7, 1e6, 1e7, 3e6],
+           "downlink_Bps": [2e7, 1e7, 1e7, 4e6, 1e6, 1e7], "workers_per_node": 2}
+    out = {b: simulate(small(alg, backend=b, n_workers=6, steps=10, network=net)) for b in ("simpy", "stacked")}
+    (da, xa), (db, xb) = out["simpy"], out["stacked"]
+    assert torch.allclose(xa, xb, atol=1e-10, rtol=0)
+    cols = ["worker", "step", "time_s", "comm_s", "idle_s"]
+    a = da[da.worker >= 0][cols].sort_values(["worker", "step"]).reset_index(drop=True)
+    b = db[db.worker >= 0][cols].sort_values(["worker", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    if alg == "dpsgd":  # no barrier: heterogeneous links leave the clocks apart
+        assert a[a.step == 10].time_s.nunique() > 1
+
+
+def test_network_errors_name_the_field():
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match="network.uplink_Bps"):
+        small("sync_sgd", network={"uplink_Bps": [1e6, 1e6]})
+    with pytest.raises(ConfigError, match="network.allreduce"):
+        small("sync_sgd", network={"allreduce": "hierarchical"})
+    with pytest.raises(ConfigError, match="workers_per_node"):
+        small("sync_sgd", network={"workers_per_node": 3})
