@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import algorithms, tasks
 from simulators.compute import ComputeSpec
+from simulators.faults import FaultSpec
 from simulators.network import NetworkSpec
 
-BACKENDS = ("simpy", "stacked")
+BACKENDS = ("simpy", "stacked", "mpi", "torch")  # mpi, torch: real backends (harness/backends/)
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,7 @@ class RunConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch intra-op threads; 1 is fastest for small per-worker ops")
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+    faults: FaultSpec | None = None
 
     @field_validator("algorithm", "task", "topology", mode="before")
     @classmethod
@@ -84,6 +86,13 @@ def resolve(raw: dict) -> RunConfig:
         raise ConfigError(str(e)) from None
     try:
         cfg.network.check_workers(cfg.n_workers + (1 if algorithms.get(name).has_server else 0))
+        if cfg.faults:
+            cfg.faults.check_workers(cfg.n_workers)
+            if cfg.faults.policy == "continue" and cfg.backend == "stacked":
+                raise ValueError("faults.policy: 'continue' (permanent crashes) needs backend: simpy")
+            if cfg.faults.policy == "continue" and cfg.topology is not None:
+                raise ValueError("faults.policy: permanent crashes are not modelled for gossip yet; "
+                                 "use policy: wait, or model absent nodes with topology churn")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.topology is not None:

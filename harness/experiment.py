@@ -60,6 +60,7 @@ def build(cfg: RunConfig, on_eval=None):
     from simulators import BACKENDS
     from simulators.base import Run
     from simulators.compute import ComputeTimes, measure_grad_seconds
+    from simulators.faults import FaultSchedule
 
     torch.set_num_threads(cfg.threads)
     task = build_task(cfg.task, cfg.n_workers, cfg.seed)
@@ -72,12 +73,16 @@ def build(cfg: RunConfig, on_eval=None):
     run = Run(algorithm=algorithms.get(cfg.algorithm["name"]), params=alg_params,
               ctx=Ctx(cfg.n_workers, cfg.steps, cfg.seed, segments=tuple(task.segments)), task=task, sampler=sampler,
               compute=ComputeTimes(cfg.compute, cfg.n_workers, cfg.seed, measure), network=cfg.network, recorder=recorder,
-              topology=topologies.build(cfg.topology, cfg.n_workers, cfg.seed) if cfg.topology else None)
+              topology=topologies.build(cfg.topology, cfg.n_workers, cfg.seed) if cfg.topology else None,
+              faults=FaultSchedule(cfg.faults, cfg.n_workers, cfg.seed) if cfg.faults else None)
     return BACKENDS[cfg.backend](run), task.init_params(cfg.seed)
 
 
 def simulate(cfg: RunConfig, on_eval=None):
     """Run ``cfg`` in memory: returns ``(metrics DataFrame, final [n, d] parameters)``."""
+    if cfg.backend in ("mpi", "torch"):
+        raise ValueError(f"backend: {cfg.backend} runs one process per rank; use `harness run` under a launcher "
+                         "(docs/real-backends.md), not simulate()")
     backend, x0 = build(cfg, on_eval)
     final = backend.execute(x0)
     return backend.run.recorder.frame(), final
@@ -92,9 +97,19 @@ def run_status(run_dir: Path) -> str | None:
         return None
 
 
-def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False) -> tuple[Path, bool]:
+def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,
+               save_params: bool = False) -> tuple[Path, bool]:
     """Run ``cfg`` into ``out/<run_id>/``; returns ``(run_dir, ran)``. A run already
-    finished there is skipped unless ``force``."""
+    finished there is skipped unless ``force``. ``save_params``: also write the final
+    parameters as ``final_params.pt`` (``{"workers": [n, d], "server": None}``)."""
+    # -- real backends (one OS process per rank): harness/backends/ ------------------------
+    from harness.backends import PARAMS_FILE, REAL_BACKENDS
+
+    if cfg.backend in REAL_BACKENDS:
+        from harness.backends import run_to_dir as run_real
+
+        return run_real(cfg, out, force=force, save_params=save_params)
+    # -- simulated backends ---------------------------------------------------------------
     run_dir = Path(out) / cfg.run_id
     if not force and run_status(run_dir) == "finished" and (run_dir / METRICS).exists():
         return run_dir, False
@@ -103,8 +118,12 @@ def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False) -> 
     write_json(record, run_dir / RUN_JSON)
     t0 = time.perf_counter()
     try:
-        df, _ = simulate(cfg, on_eval)
+        df, final = simulate(cfg, on_eval)
         write_table(df, run_dir / METRICS)
+        if save_params:
+            from harness.backends import save_params as write_params
+
+            write_params(run_dir / PARAMS_FILE, final)
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
         write_json(record, run_dir / RUN_JSON)

@@ -92,6 +92,29 @@ class Gossip:
     step: int
 
 
+class WorkerFailed(RuntimeError):
+    """Thrown into an algorithm at the yield point of a communication that needed a worker
+    that crashed (fault policy ``continue``). Re-issuing the op runs it among the survivors."""
+
+    def __init__(self, worker: int, time_s: float):
+        super().__init__(worker, time_s)  # plain args: SimPy re-creates exceptions from them
+        self.worker, self.time_s = worker, time_s
+
+    def __str__(self):
+        return (f"worker {self.worker} crashed at t={self.time_s:.3f} s; catch harness.ops.WorkerFailed in the "
+                "algorithm (e.g. harness.ops.retrying) to continue without it")
+
+
+def retrying(op):
+    """``x = yield from retrying(AllReduce(x))``: re-issue ``op`` among the survivors
+    whenever a participant crashed."""
+    while True:
+        try:
+            return (yield op)
+        except WorkerFailed:
+            continue
+
+
 ANY = -1  # Recv from any source
 SERVER = 0  # the server's rank in algorithms registered with server=True
 

@@ -53,6 +53,7 @@ class Recorder:
         self.evaluate, self.eval_every, self.log_every = evaluate, eval_every, log_every
         self.on_eval = on_eval
         self.rows: list[dict] = []
+        self.alive = set(range(n))
         self._pending: dict[int, dict[int, torch.Tensor]] = {}
 
     def is_eval(self, step: int) -> bool:
@@ -73,6 +74,19 @@ class Recorder:
             row.update({k: float(v) for k, v in metrics.items()})
         self.rows.append(row)
 
+    def event(self, i: int, kind: str, time_s: float, stats: Stats, slot: int | None = None):
+        """A fault row (``failed``/``recovered``) for worker ``i`` at ``time_s``."""
+        k = i if slot is None else slot
+        row = {**self.meta, "worker": i, "event": kind, "step": -1, "round": -1, "time_s": float(time_s)}
+        row.update({c: stats.__dict__[c][k].item() for c in COUNTERS[1:]})
+        self.rows.append(row)
+
+    def drop(self, i: int, stats: Stats):
+        """Worker ``i`` is gone for good: consensus rows average the others from now on."""
+        self.alive.discard(i)
+        for step in sorted(self._pending):
+            self._complete(step, stats)
+
     def offer(self, i: int, step: int, rnd: int, x: torch.Tensor, stats: Stats):
         """Worker ``i`` reached ``step`` with model ``x``; evaluate once all have."""
         if not self.is_eval(step):
@@ -80,12 +94,18 @@ class Recorder:
         # Snapshot the counters now: other workers may already be further on when the
         # last one arrives, and the row must not depend on the backend's visiting order.
         got = self._pending.setdefault(step, {})
-        got[i] = (x, [stats.__dict__[c][i].item() for c in COUNTERS])
-        if len(got) == self.n:
-            del self._pending[step]
-            X = torch.stack([got[j][0] for j in range(self.n)])
-            snap = np.array([got[j][1] for j in range(self.n)]).T
-            self.consensus(step, rnd, X, dict(zip(COUNTERS, snap)))
+        got[i] = (x, [stats.__dict__[c][i].item() for c in COUNTERS], rnd)
+        self._complete(step, stats)
+
+    def _complete(self, step, stats):
+        got = self._pending[step]
+        if not self.alive <= set(got):
+            return
+        del self._pending[step]
+        live = sorted(self.alive)
+        X = torch.stack([got[j][0] for j in live])
+        snap = np.array([got[j][1] for j in live]).T
+        self.consensus(step, got[live[0]][2], X, dict(zip(COUNTERS, snap)))
 
     def consensus(self, step: int, rnd: int, X: torch.Tensor, counters: dict):
         """Consensus row from the stacked models and per-worker counters ``[n]`` each."""

@@ -18,6 +18,7 @@ from harness.algorithms import Ctx
 from harness.recording import Recorder, Stats
 from harness.tasks import Sampler, Task
 from simulators.compute import ComputeTimes
+from simulators.faults import FaultSchedule
 from simulators.network import NetworkSpec
 from topologies import Topology
 
@@ -37,6 +38,7 @@ class Run:
     network: NetworkSpec
     recorder: Recorder
     topology: Topology | None = None
+    faults: FaultSchedule | None = None
 
 
 class Simulator:
@@ -53,6 +55,18 @@ class Simulator:
     def draw(self, i: int) -> torch.Tensor:
         """Worker ``i``'s next ``U[0, 1)`` draw (``Rand`` op), from its own stream."""
         return torch.tensor(self.rngs[i].random(), dtype=torch.float64)
+
+    def compute_seconds(self, w: int, start: float, cost: float) -> float:
+        """Worker ``w``'s compute time for ``cost`` units from ``start``, including the
+        downtime of crashes under policy ``wait`` (recorded as failed/recovered rows)."""
+        dt = self.run.compute.sample(w, cost)
+        f = self.run.faults
+        if f is not None and f.active and f.spec.policy == "wait":
+            for at in f.downtime(w, start, dt):
+                self.run.recorder.event(w, "failed", at, self.stats, slot=w + self.offset)
+                self.run.recorder.event(w, "recovered", at + f.spec.recover_after_s, self.stats, slot=w + self.offset)
+                dt += f.spec.recover_after_s
+        return dt
 
     def w(self, rank: int) -> int:
         """Worker index of a rank (-1 for the server)."""

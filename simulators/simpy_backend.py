@@ -26,12 +26,17 @@ from simulators.base import Simulator
 from simulators.simpy_p2p import P2PMixin
 
 
+class _Dead(Exception):
+    """Raised inside a crashed worker's process (fault policy ``continue``) to end it."""
+
+
 class _Collective:
     def __init__(self, env):
         self.done = env.event()
         self.payloads: dict[int, torch.Tensor] = {}
         self.arrivals = 0
         self.started = False
+        self.failed: ops.WorkerFailed | None = None
 
 
 class SimPyBackend(P2PMixin, Simulator):
@@ -47,13 +52,14 @@ class SimPyBackend(P2PMixin, Simulator):
         self._link_cache = {}
         self._init_p2p()
         self.holding = [None] * self.ranks  # when each rank's current compute ends
+        self.n_alive = self.n
         self.procs = procs = [self.env.process(self._process(r, x0.clone())) for r in range(self.ranks)]
         self.env.run()
         stuck = [r for r, p in enumerate(procs) if not p.triggered]
         if stuck:
             raise RuntimeError(f"simulation deadlocked: ranks {stuck} wait on a communication nobody completes "
                                "(do all workers yield the same collectives in the same order?)")
-        return torch.stack([self.final[r] for r in range(self.offset, self.ranks)])
+        return torch.stack([self.final[r] for r in range(self.offset, self.ranks) if r in self.final])
 
     def _process(self, r, x):
         ctx = replace(self.run.ctx, index=torch.tensor(max(self.w(r), 0)), rank=r,
@@ -62,18 +68,28 @@ class SimPyBackend(P2PMixin, Simulator):
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
                     ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
                     ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record}
-        value = None
+        value, failure = None, None
         while True:
             try:
-                op = gen.send(value)
+                op = gen.throw(failure) if failure else gen.send(value)
             except StopIteration as stop:
                 self.final[r] = stop.value
                 return
-            value = yield from handlers[type(op)](r, op)
+            failure = None
+            try:
+                value = yield from handlers[type(op)](r, op)
+            except ops.WorkerFailed as e:  # the algorithm decides: thrown in at its yield point
+                failure = e
+            except _Dead:
+                gen.close()
+                return
 
     def _hold(self, r, cost):
-        w = self.w(r)
-        dt = self.run.compute.sample(w, cost) if w >= 0 else self.run.compute.mean_s * cost  # servers do not straggle
+        w, now = self.w(r), self.env.now
+        dt = self.compute_seconds(w, now, cost) if w >= 0 else self.run.compute.mean_s * cost  # servers do not straggle
+        f = self.run.faults
+        if w >= 0 and f is not None and f.spec.policy == "continue" and f.next_crash(w) <= now + dt:
+            yield from self._crash(r, max(f.next_crash(w), now))
         self.stats.compute_s[r] += dt
         self.holding[r] = self.env.now + dt
         try:
@@ -110,20 +126,40 @@ class SimPyBackend(P2PMixin, Simulator):
         key = self.coll_count[i]
         self.coll_count[i] += 1
         c = self.collectives.setdefault(key, _Collective(self.env))
+        if c.failed is not None:
+            raise c.failed
         c.arrivals += 1
         if not c.started:
             c.payloads[self.w(i)] = x
         arrived = self.env.now
-        if c.arrivals == (quorum or self.n):
+        if c.arrivals == min(quorum or self.n, self.n_alive):
             c.started = True
             result = combine(torch.stack([c.payloads[j] for j in sorted(c.payloads)]))
             self.env.process(self._succeed_later(c.done, cost, result, key if quorum else None))
-        if c.arrivals == self.n:
+        if c.arrivals == self.n_alive:
             del self.collectives[key]
         result = yield c.done
         self.stats.add_traffic(i, traffic)
         self.stats.finish_comm(i, arrived, self.env.now, cost)
         return result.clone()
+
+    def _crash(self, r, at):
+        """Worker of rank ``r`` dies at ``at`` (policy continue): pending collectives fail."""
+        self.stats.compute_s[r] += at - self.env.now
+        yield self.env.timeout(at - self.env.now)
+        w = self.w(r)
+        self.stats.time[r] = at
+        self.n_alive -= 1
+        self.run.recorder.event(w, "failed", at, self.stats, slot=r)
+        self.run.recorder.drop(w, self.stats)
+        # The first collective it never reached fails for everybody (same key on every
+        # survivor, so their collective counts stay aligned when they re-issue the op).
+        c = self.collectives.setdefault(self.coll_count[r], _Collective(self.env))
+        if not c.started:
+            c.failed = ops.WorkerFailed(w, at)
+            c.done.defused = True  # nobody may be waiting yet
+            c.done.fail(c.failed)
+        raise _Dead()
 
     def _succeed_later(self, event, delay, value, quorum_key=None):
         yield self.env.timeout(delay)

@@ -49,7 +49,7 @@ class StackedBackend(Simulator):
             value = h(op)
 
     def _hold(self, cost):
-        dt = np.array([self.run.compute.sample(i, cost) for i in range(self.n)])
+        dt = np.array([self.compute_seconds(i, self.stats.time[i], cost) for i in range(self.n)])
         self.stats.compute_s += dt
         self.stats.time += dt
 

@@ -4,9 +4,10 @@
     x_i <- (1/n) sum_j x_j                     every ``period`` steps (all-reduce)
 
 Cost: one model-sized ring all-reduce per ``period`` steps (~2/period vectors per step).
+A worker that crashes for good drops out: the others average among themselves.
 """
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
+from harness.ops import AllReduce, Grad, Record, retrying
 from harness.transforms import sgd
 
 
@@ -22,7 +23,7 @@ def local_sgd(ctx, x, *, period: int = 8, lr: float = 0.1, momentum: float = 0.0
         u, state = opt.update(g, state, x)
         x = x + u
         if (t + 1) % period == 0:
-            x = yield AllReduce(x, op="mean")
+            x = yield from retrying(AllReduce(x, op="mean"))  # after a crash: among the survivors
             rounds += 1
         yield Record(step=t + 1, round=rounds, x=x, loss=loss)
     return x

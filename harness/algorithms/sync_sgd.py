@@ -9,7 +9,7 @@ Cost: one gradient-sized ring all-reduce per step, 2(n-1)/n model-sized vectors 
 arrive; the step time becomes the (n-b)-th order statistic of the compute times.
 """
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
+from harness.ops import AllReduce, Grad, Record, retrying
 from harness.transforms import sgd
 
 
@@ -22,7 +22,7 @@ def sync_sgd(ctx, x, *, lr: float = 0.1, momentum: float = 0.0, nesterov: bool =
     state = opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
-        g = yield AllReduce(g, op="mean", quorum=ctx.n_workers - backup if backup else None)
+        g = yield from retrying(AllReduce(g, op="mean", quorum=ctx.n_workers - backup if backup else None))
         u, state = opt.update(g, state, x)
         x = x + u
         yield Record(step=t + 1, round=t + 1, x=x, loss=loss)
