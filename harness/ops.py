@@ -18,6 +18,8 @@ AllReduce(x)    reduce ``x`` over all workers ("mean" or "sum")        reduced t
 AllGather(x)    every worker's ``x``, stacked along a new first axis    ``[n, *x]``
 Gossip(x, step) ``sum_j W(step)[i, j] x_j`` over the graph's neighbours mixed tensor
 Rand()          a uniform draw from this worker's own random stream    ``[]``
+Start(op)       begin a collective without waiting (overlap)           :class:`Handle`
+Wait(handle)    finish it                                              the op's result
 Send(dst, x)    point-to-point message to rank ``dst`` (buffered)       None
 Recv(src)       next message from ``src`` (or ``ANY`` source)           :class:`Message`
 Record(...)     a row for the result table (the backend stamps it)     None
@@ -115,6 +117,25 @@ def retrying(op):
             continue
 
 
+@dataclass(frozen=True)
+class Start:
+    """Begin a collective (``AllReduce``/``AllGather``) and go on computing; its result comes
+    from ``Wait(handle)``. Only the part of the communication not hidden behind
+    computation shows up as communication/idle time."""
+
+    op: AllReduce | AllGather
+
+
+@dataclass(frozen=True)
+class Handle:
+    id: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    handle: Handle
+
+
 ANY = -1  # Recv from any source
 SERVER = 0  # the server's rank in algorithms registered with server=True
 
@@ -160,4 +181,4 @@ class Record:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Send | Recv | Record
+Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Start | Wait | Send | Recv | Record

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from results import stats
 from results.schema import CONSENSUS, HP_PREFIX
+from results.timeline import timeline
 
 _VARY = ["topology", "n_workers", "backend"]
 
@@ -222,4 +223,5 @@ FIGURES = {
     "pareto_front": (pareto, "summary"),
     "consensus_distance": (consensus_distance, "table"),
     "time_split": (time_split_bars, "table"),
+    "timeline": (timeline, "table"),
 }

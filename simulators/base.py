@@ -56,17 +56,17 @@ class Simulator:
         """Worker ``i``'s next ``U[0, 1)`` draw (``Rand`` op), from its own stream."""
         return torch.tensor(self.rngs[i].random(), dtype=torch.float64)
 
-    def compute_seconds(self, w: int, start: float, cost: float) -> float:
-        """Worker ``w``'s compute time for ``cost`` units from ``start``, including the
-        downtime of crashes under policy ``wait`` (recorded as failed/recovered rows)."""
-        dt = self.run.compute.sample(w, cost)
+    def compute_seconds(self, w: int, start: float, cost: float) -> tuple[float, float]:
+        """Worker ``w``'s busy time for ``cost`` units from ``start`` and the downtime of
+        crashes within it under policy ``wait`` (recorded as failed/recovered rows)."""
+        dt, down = self.run.compute.sample(w, cost), 0.0
         f = self.run.faults
         if f is not None and f.active and f.spec.policy == "wait":
             for at in f.downtime(w, start, dt):
                 self.run.recorder.event(w, "failed", at, self.stats, slot=w + self.offset)
                 self.run.recorder.event(w, "recovered", at + f.spec.recover_after_s, self.stats, slot=w + self.offset)
-                dt += f.spec.recover_after_s
-        return dt
+                down += f.spec.recover_after_s
+        return dt, down
 
     def w(self, rank: int) -> int:
         """Worker index of a rank (-1 for the server)."""

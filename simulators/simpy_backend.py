@@ -53,6 +53,7 @@ class SimPyBackend(P2PMixin, Simulator):
         self._init_p2p()
         self.holding = [None] * self.ranks  # when each rank's current compute ends
         self.n_alive = self.n
+        self.handles = [[] for _ in range(self.ranks)]
         self.procs = procs = [self.env.process(self._process(r, x0.clone())) for r in range(self.ranks)]
         self.env.run()
         stuck = [r for r, p in enumerate(procs) if not p.triggered]
@@ -67,7 +68,8 @@ class SimPyBackend(P2PMixin, Simulator):
         gen = self.run.algorithm(ctx, x, **self.run.params)
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
                     ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                    ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record}
+                    ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
+                    ops.Start: self._start, ops.Wait: self._wait}
         value, failure = None, None
         while True:
             try:
@@ -86,11 +88,13 @@ class SimPyBackend(P2PMixin, Simulator):
 
     def _hold(self, r, cost):
         w, now = self.w(r), self.env.now
-        dt = self.compute_seconds(w, now, cost) if w >= 0 else self.run.compute.mean_s * cost  # servers do not straggle
+        dt, down = self.compute_seconds(w, now, cost) if w >= 0 else (self.run.compute.mean_s * cost, 0.0)
         f = self.run.faults
         if w >= 0 and f is not None and f.spec.policy == "continue" and f.next_crash(w) <= now + dt:
             yield from self._crash(r, max(f.next_crash(w), now))
         self.stats.compute_s[r] += dt
+        self.stats.idle_s[r] += down  # down after a crash: neither computing nor communicating
+        dt += down
         self.holding[r] = self.env.now + dt
         try:
             yield self.env.timeout(dt)
@@ -109,18 +113,36 @@ class SimPyBackend(P2PMixin, Simulator):
     def _compute(self, i, op):
         yield from self._hold(i, op.cost)
 
-    def _allreduce(self, i, op):
+    def _allreduce(self, i, op, pending=False):
         nbytes = comm.payload_bytes(op.x, stacked=False)
         reduce = (lambda t: t.mean(0)) if op.op == "mean" else (lambda t: t.sum(0))
         return (yield from self._collective(i, op.x, reduce, comm.ring_allreduce(nbytes, self.n),
-                                            self.run.network.allreduce_time(nbytes, self.n), op.quorum))
+                                            self.run.network.allreduce_time(nbytes, self.n), op.quorum, pending))
 
-    def _allgather(self, i, op):
+    def _allgather(self, i, op, pending=False):
         nbytes = comm.payload_bytes(op.x, stacked=False)
         return (yield from self._collective(i, op.x, lambda t: t, comm.ring_allgather(nbytes, self.n),
-                                            self.run.network.ring_allgather(nbytes, self.n)))
+                                            self.run.network.ring_allgather(nbytes, self.n), None, pending))
 
-    def _collective(self, i, x, combine, traffic, cost, quorum=None):
+    def _start(self, r, op):
+        """Arrive at the collective now, hand back a handle; ``_wait`` collects."""
+        gen = {ops.AllReduce: self._allreduce, ops.AllGather: self._allgather}[type(op.op)](r, op.op, pending=True)
+        pending = next(gen)  # runs the arrival, stops where the blocking version would wait
+        self.handles[r].append((gen, pending))
+        return ops.Handle(len(self.handles[r]) - 1)
+        yield  # a handler is a generator even when it never waits
+
+    def _wait(self, r, op):
+        gen, (event, cost) = self.handles[r][op.handle.id]
+        arrived = self.env.now
+        result = yield event
+        self.stats.finish_comm(r, arrived, self.env.now, cost)
+        try:
+            gen.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    def _collective(self, i, x, combine, traffic, cost, quorum=None, pending=False):
         """A barrier keyed by the worker's collective count: the ``quorum``-th (default: last)
         arrival combines the payloads in; everybody leaves ``cost`` seconds after it."""
         key = self.coll_count[i]
@@ -138,6 +160,10 @@ class SimPyBackend(P2PMixin, Simulator):
             self.env.process(self._succeed_later(c.done, cost, result, key if quorum else None))
         if c.arrivals == self.n_alive:
             del self.collectives[key]
+        if pending:  # non-blocking: Wait accounts for the exposed time, then resumes us
+            self.stats.add_traffic(i, traffic)
+            result = yield (c.done, cost)
+            return result.clone()
         result = yield c.done
         self.stats.add_traffic(i, traffic)
         self.stats.finish_comm(i, arrived, self.env.now, cost)

@@ -30,12 +30,12 @@ class StackedBackend(Simulator):
             raise BackendError(f"backend: {self.run.algorithm.algorithm_name!r} is asynchronous (server and worker "
                                "roles); the stacked backend runs lock-step algorithms only; use --backend simpy")
         self.start(x0)
-        self._link_cache = {}
+        self._link_cache, self._handles = {}, []
         X = x0.expand(self.n, -1).clone()
         gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
                     ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                    ops.Record: self._record}
+                    ops.Record: self._record, ops.Start: self._start, ops.Wait: self._wait}
         value = None
         while True:
             try:
@@ -49,9 +49,10 @@ class StackedBackend(Simulator):
             value = h(op)
 
     def _hold(self, cost):
-        dt = np.array([self.compute_seconds(i, self.stats.time[i], cost) for i in range(self.n)])
+        dt, down = np.array([self.compute_seconds(i, self.stats.time[i], cost) for i in range(self.n)]).T
         self.stats.compute_s += dt
-        self.stats.time += dt
+        self.stats.idle_s += down  # down after a crash: neither computing nor communicating
+        self.stats.time += dt + down
 
     def _grad(self, op):
         idx = torch.stack([self.run.sampler.worker(i, op.batches) for i in range(self.n)])
@@ -81,6 +82,25 @@ class StackedBackend(Simulator):
         nbytes = comm.payload_bytes(op.x, stacked=True)
         self._barrier(comm.ring_allgather(nbytes, self.n), self.run.network.ring_allgather(nbytes, self.n))
         return op.x.unsqueeze(0).expand(self.n, *op.x.shape).clone()
+
+    def _start(self, op):
+        """Non-blocking collective: the result is ready at ``F = max_j T_j + cost``; the
+        clocks move only at ``Wait``: ``T_i = max(T_i, F)``."""
+        if op.op.__class__ is ops.AllReduce and op.op.quorum:
+            raise BackendError("Start(AllReduce(quorum=...)): backup workers need a blocking AllReduce")
+        saved = self.stats.time.copy(), self.stats.comm_s.copy(), self.stats.idle_s.copy()
+        result = {ops.AllReduce: self._allreduce, ops.AllGather: self._allgather}[type(op.op)](op.op)
+        done = self.stats.time.copy()
+        self.stats.time[:], self.stats.comm_s[:], self.stats.idle_s[:] = saved  # undo the blocking clock
+        cost = done - saved[0].max()  # done = max_j T_j + cost for every worker
+        self._handles.append((result, done, cost))
+        return ops.Handle(len(self._handles) - 1)
+
+    def _wait(self, op):
+        result, done, cost = self._handles[op.handle.id]
+        arrived = self.stats.time.copy()
+        self.stats.finish_comm(slice(None), arrived, np.maximum(arrived, done), cost)
+        return result
 
     def _barrier(self, traffic, cost, quorum=None):
         """Max-plus clock of a collective: everybody leaves at ``T_(k) + cost``, the k-th

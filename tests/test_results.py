@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 from scipy import stats as st
 
 import results
-from results import stats
+from results import plots, stats
 from results.errors import ResultsError, ResultsWarning
 from results.schema import COLUMNS, CONSENSUS
 from results.store import read_run, write_json, write_table
@@ -230,22 +229,20 @@ def test_results_imports_no_other_package():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
-@pytest.mark.slow
-def test_load_2000_runs_is_fast(tmp_path):
+def test_load_many_runs(tmp_path):
+    """Correctness of a many-run load; its speed is benchmarks/load_runs.py's job."""
     base = make_run(tmp_path, "r", accs=[0.1 * k for k in range(10)], n_workers=4, write=False)
     table = pa.Table.from_pandas(base, preserve_index=False)
-    for i in range(2000):
+    for i in range(300):
         d = tmp_path / "sweep" / f"r{i}"
         d.mkdir(parents=True)
         ids = pa.array([f"r{i}"] * len(base), pa.large_string())
         pq.write_table(table.set_column(0, "run_id", ids), d / "metrics.parquet")
         (d / "run.json").write_text(json.dumps({"run_id": f"r{i}", "status": "finished",
                                                 "config": {"algorithm": {"name": "x", "lr": 0.1}, "seed": i % 5}}))
-    t0 = time.perf_counter()
     df = results.load(tmp_path)
-    elapsed = time.perf_counter() - t0
-    assert df["run_id"].nunique() == 2000 and len(df) == 2000 * len(base)
-    assert elapsed < 10.0, f"load of 2000 runs took {elapsed:.1f} s"
+    assert df["run_id"].nunique() == 300 and len(df) == 300 * len(base)
+    assert (df.groupby("run_id")["cfg.seed"].first().value_counts() == 60).all()
 
 
 # ---------------------------------------------------------------- report
@@ -273,7 +270,7 @@ def test_write_report_writes_all_files(tmp_path):
     md = (out / "summary.md").read_text()
     assert re.search(r"^\| algorithm \| partition \|", md, re.M) and "sync_sgd" in md and "never (0/4)" in md
     page = (out / "index.html").read_text()
-    assert page.count('<img src="data:image/png;base64,') == 6
+    assert page.count('<img src="data:image/png;base64,') == len(plots.FIGURES)
     assert "<table" in page and "final test acc" in page and "local_sgd" in page
     assert "1 run(s) did not finish" in page and "crashed" in page and "boom" in page
     text = results.format_summary(stats.summary(results.load(tmp_path), 0.9))
