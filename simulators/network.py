@@ -15,7 +15,8 @@ Collectives (per worker ``b`` bytes, ``n`` workers), priced at the bottleneck li
 
 A gossip step is one synchronised exchange: worker ``i`` finishes when its slowest
 in-neighbour's message has arrived (each edge priced on its own link). NIC queueing
-(contention) applies to ``Send``/``Recv`` in the SimPy backend.
+(contention) and message loss (``drop_prob``: a lost message is re-sent after
+``retransmit_s``, its bytes counted again) apply to ``Send``/``Recv`` in the SimPy backend.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class NetworkSpec(BaseModel):
     intra: LinkSpec = Field(default_factory=LinkSpec, description="link inside a node (with workers_per_node)")
     allreduce: Literal["ring", "tree", "hierarchical"] = "ring"
     contention: bool = Field(True, description="Send/Recv queue on the sender's uplink and receiver's downlink (SimPy)")
+    drop_prob: float = Field(0.0, ge=0, lt=1, description="Send/Recv: chance a message is lost and re-sent")
+    retransmit_s: float = Field(0.2, ge=0, description="Send/Recv: timeout before a lost message is re-sent")
 
     @model_validator(mode="after")
     def _check(self):

@@ -7,9 +7,12 @@ lands in the receiver's mailbox. The sender continues once serialisation is done
 (a buffered send). So ``n`` workers sending ``b`` bytes to one server at once finish at
 ``n b / beta + alpha``: the server's downlink is a queue. Queueing counts as the sender's
 idle time, serialisation as its communication time; waiting in ``Recv`` is idle time.
+A lost message (``network.drop_prob``) is re-sent after ``network.retransmit_s``; every
+attempt's bytes are counted.
 """
 from __future__ import annotations
 
+import numpy as np
 import simpy
 
 from harness import comm, ops
@@ -20,27 +23,36 @@ class P2PMixin:
         self.uplinks = [simpy.Resource(self.env, 1) for _ in range(self.ranks)]
         self.downlinks = [simpy.Resource(self.env, 1) for _ in range(self.ranks)]
         self.inboxes = [simpy.FilterStore(self.env) for _ in range(self.ranks)]
+        self.loss_rng = np.random.default_rng([self.run.ctx.seed, 23])
+        self.dropped = [0] * self.ranks
 
     def _send(self, r, op):
         if not 0 <= op.dst < self.ranks or op.dst == r:
             raise ValueError(f"Send.dst: rank {op.dst} is not another rank of 0..{self.ranks - 1}")
+        net = self.run.network
         nbytes = comm.payload_bytes(op.x, stacked=False)
-        alpha, beta = self.run.network.link(r, op.dst)
-        arrived = self.env.now
-        if self.run.network.contention:
-            with self.uplinks[r].request() as up, self.downlinks[op.dst].request() as down:
-                yield up
-                yield down
-                queued = self.env.now - arrived
+        alpha, beta = net.link(r, op.dst)
+        while True:
+            arrived = self.env.now
+            if net.contention:
+                with self.uplinks[r].request() as up, self.downlinks[op.dst].request() as down:
+                    yield up
+                    yield down
+                    queued = self.env.now - arrived
+                    yield self.env.timeout(nbytes / beta)
+            else:
+                queued = 0.0
                 yield self.env.timeout(nbytes / beta)
-        else:
-            queued = 0.0
-            yield self.env.timeout(nbytes / beta)
+            self.stats.bytes_sent[r] += nbytes
+            self.stats.messages[r] += 1
+            self.stats.idle_s[r] += queued
+            self.stats.comm_s[r] += self.env.now - arrived - queued
+            if not (net.drop_prob and self.loss_rng.random() < net.drop_prob):
+                break
+            self.dropped[r] += 1
+            yield self.env.timeout(net.retransmit_s)  # lost: the sender times out and re-sends
+            self.stats.idle_s[r] += net.retransmit_s
         self.env.process(self._arrive(op.dst, ops.Message(r, op.tag, op.x), alpha))
-        self.stats.bytes_sent[r] += nbytes
-        self.stats.messages[r] += 1
-        self.stats.idle_s[r] += queued
-        self.stats.comm_s[r] += self.env.now - arrived - queued
         self.stats.time[r] = self.env.now
 
     def _arrive(self, dst, msg, delay):

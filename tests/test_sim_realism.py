@@ -141,3 +141,15 @@ def test_network_errors_name_the_field():
         small("sync_sgd", network={"allreduce": "hierarchical"})
     with pytest.raises(ConfigError, match="workers_per_node"):
         small("sync_sgd", network={"workers_per_node": 3})
+
+
+def test_dropped_messages_are_resent_and_counted():
+    base = dict(n_workers=4, steps=30, eval_every=10)
+    df0, _ = simulate(small("sync_sgd", algorithm={"name": "async_sgd"}, **base))
+    df, x = simulate(small("sync_sgd", algorithm={"name": "async_sgd"}, **base,
+                           network={"drop_prob": 0.2, "retransmit_s": 0.05}))
+    last = lambda d: d[d.worker >= 0].groupby("worker").last()  # noqa: E731
+    sent, sent0 = last(df).messages.sum(), last(df0).messages.sum()
+    assert sent0 == 4 * 30 and 1.1 * sent0 < sent < 1.4 * sent0  # ~1/(1-0.2) attempts per message
+    assert df.time_s.max() > df0.time_s.max()
+    assert df[df.worker == -1].step.max() == 30  # nothing hangs: every message got through
