@@ -1,8 +1,12 @@
 """``harness``: run experiments, report on them, inspect topologies.
 
-    harness run CONFIG [--backend simpy|stacked] [--out DIR] [--set key=value ...]
+    harness run CONFIG [--backend simpy|stacked|mpi|torch] [--out DIR] [--set key=value ...]
+    mpiexec -n 4 harness run CONFIG --backend mpi          (real backends: docs/real-backends.md)
+    torchrun --nproc-per-node 4 --no-python harness run CONFIG --backend torch
     harness report DIR [--target 0.9]
     harness topology NAME --n 16 [--out graph.png]
+    harness sweep CONFIG --jobs K
+    harness slurm submit CONFIG [--partition P --time T | --backend mpi|torch --nodes N ...] [--dry-run]
 
 Every user mistake ends with one line ``harness: error: ...`` and exit status 2.
 """
@@ -29,11 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--list", action="store_true", help="list the expanded runs and exit")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished in DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--save-params", action="store_true",
+                   help="also write each run's final parameters to DIR/<run_id>/final_params.pt")
     rep = sub.add_parser("report", help="summary table, plots and index.html for a directory of runs")
     rep.add_argument("dir")
     rep.add_argument("--target", type=float, default=None, help="target test accuracy (default: the runs' target_acc)")
     t = sub.add_parser("topology", help="print a graph's degree, diameter and spectral gap; draw it", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
+    sl = sub.add_parser("slurm", help="submit a config's runs to SLURM (job array, or srun for mpi/torch)", add_help=False)
+    sl.add_argument("args", nargs=argparse.REMAINDER)
+    sw = sub.add_parser("sweep", help="run a config's grid locally, K runs at a time", add_help=False)
+    sw.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -54,18 +64,29 @@ def cmd_run(a) -> int:
             print(f"{i:4d}  {cfg.run_id}")
         return 0
     out = Path(a.out or Path("runs") / runs[0].name)
+    root = _is_root()  # real backends: every rank runs this loop; only rank 0 prints
     t0 = time.perf_counter()
     for k, cfg in enumerate(runs, 1):
         label = f"[{k}/{len(runs)}] {cfg.run_id}"
-        bar = _progress(cfg, label, a.quiet)
+        bar = _progress(cfg, label, a.quiet or not root)
         t1 = time.perf_counter()
-        run_dir, ran = run_to_dir(cfg, out, on_eval=bar.update if bar else None, force=a.force)
+        run_dir, ran = run_to_dir(cfg, out, on_eval=bar.update if bar else None, force=a.force,
+                                  save_params=a.save_params)
         if bar:
             bar.close()
-        print(f"{label}: {'done' if ran else 'already finished, skipped'} ({time.perf_counter() - t1:.1f} s)", flush=True)
-    print(f"{len(runs)} run(s) in {out} ({time.perf_counter() - t0:.0f} s)")
-    _print_summary(out, runs[0].target_acc)
+        if root:
+            print(f"{label}: {'done' if ran else 'already finished, skipped'} ({time.perf_counter() - t1:.1f} s)",
+                  flush=True)
+    if root:
+        print(f"{len(runs)} run(s) in {out} ({time.perf_counter() - t0:.0f} s)")
+        _print_summary(out, runs[0].target_acc)
     return 0
+
+
+def _is_root() -> bool:
+    from harness.backends import env_rank
+
+    return env_rank() == 0
 
 
 class _progress:
@@ -119,11 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         from topologies.cli import main as topology_main
 
         return topology_main(argv[1:])
+    if argv[:1] in (["slurm"], ["sweep"]):
+        from harness.slurm import main as slurm_main
+
+        return slurm_main(argv[1:], sweep_mode=argv[0] == "sweep")
     a = _parser().parse_args(argv)
     try:
         return {"run": cmd_run, "report": cmd_report}[a.cmd](a)
     except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"harness: error: {e}", file=sys.stderr)
+        if _is_root():  # under a parallel launcher every rank fails alike; say it once
+            print(f"harness: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted; unfinished runs are marked 'running' in their run.json", file=sys.stderr)

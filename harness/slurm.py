@@ -1,0 +1,192 @@
+"""``harness slurm submit`` and ``harness sweep``: run a config's grid on SLURM or locally.
+
+* Sweeps of simulations become ONE job array (``slurm/array.sbatch``): array task ``i`` runs
+  the config's ``i``-th expanded run (``harness run CONFIG --only i``), at most
+  ``--max-concurrent`` at once. Runs already finished in ``--out`` are left out of the array,
+  so re-submitting the same command only runs what is missing; a requeued task re-runs its
+  point from the start and replaces its results atomically (no duplicated or lost rows).
+* Real distributed runs (``--backend mpi|torch``) become one job (``slurm/mpi.sbatch`` /
+  ``slurm/torch.sbatch``) whose ranks are launched by ``srun``.
+* ``harness sweep CONFIG --jobs K`` runs the same grid here, K runs at a time.
+
+The templates are plain sbatch files (Jinja2 placeholders) a user can copy and edit.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jinja2
+
+from harness import config as config_mod
+from harness.config import ConfigError
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
+
+
+class SlurmError(ValueError):
+    """A SLURM submission problem; one line naming the fix."""
+
+
+def _common(p: argparse.ArgumentParser):
+    p.add_argument("config")
+    p.add_argument("--out", help="output directory (default: runs/<config name>)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness slurm", description="submit a config's runs to SLURM")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("submit", help="write an sbatch script for the config's runs and submit it")
+    _common(s)
+    s.add_argument("--backend", choices=["simpy", "stacked", "mpi", "torch"], default=None)
+    s.add_argument("--partition")
+    s.add_argument("--time", default="01:00:00", help="wall-time limit per array task / job")
+    s.add_argument("--cpus-per-task", type=int, default=1)
+    s.add_argument("--mem", help="memory per node, e.g. 4G")
+    s.add_argument("--max-concurrent", type=int, default=16, help="array tasks running at once")
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--ntasks-per-node", type=int, help="ranks per node (real runs; default: n_workers / nodes)")
+    s.add_argument("--gpus-per-node", type=int, default=0)
+    s.add_argument("--mpi", default="pmi2", help="srun --mpi plugin (real MPI runs)")
+    s.add_argument("--sbatch-arg", action="append", default=[], help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=low")
+    s.add_argument("--job-name")
+    s.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    return p
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness sweep", description="run a config's grid locally, K runs at a time")
+    _common(p)
+    p.add_argument("--jobs", type=int, default=1)
+    return p
+
+
+def pending(runs, out: Path) -> list[int]:
+    """Indices of the runs that have not finished in ``out``."""
+    from harness.experiment import run_status
+
+    return [i for i, cfg in enumerate(runs) if run_status(out / cfg.run_id) != "finished"]
+
+
+def compress(ix: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"`` (sbatch --array syntax)."""
+    parts, start = [], None
+    for k, i in enumerate(ix):
+        if start is None:
+            start = i
+        if k + 1 == len(ix) or ix[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ",".join(parts)
+
+
+def render(kind: str, **fields) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template(f"{kind}.sbatch").render(**fields)
+
+
+def _slurm_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise SlurmError(f"{name} not found: submit from a SLURM login node, or run the grid here with "
+                         "`harness sweep CONFIG --jobs K`")
+    return path
+
+
+def check_partition(partition: str) -> None:
+    out = subprocess.run([_slurm_tool("sinfo"), "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
+    names = sorted(set(out.stdout.split()))
+    if out.returncode == 0 and partition not in names:
+        raise SlurmError(f"--partition {partition}: no such partition; available: {', '.join(names) or 'none'}")
+
+
+def script_for(a, runs, todo: list[int], out: Path) -> tuple[str, str]:
+    cfg0 = runs[0]
+    sets = "".join(f" --set {shlex.quote(s)}" for s in [*a.sets, *([f"backend={a.backend}"] if a.backend else [])])
+    fields = dict(job_name=a.job_name or f"harness-{cfg0.name}", partition=a.partition, time=a.time,
+                  cpus_per_task=a.cpus_per_task, mem=a.mem, log_dir=shlex.quote(str(out / "slurm-logs")),
+                  sbatch_args=a.sbatch_arg, workdir=shlex.quote(str(Path.cwd())),
+                  harness=f"{shlex.quote(sys.executable)} -m harness.cli", config=shlex.quote(str(Path(a.config).resolve())),
+                  out=shlex.quote(str(out.resolve())), sets=sets)
+    if a.backend in ("mpi", "torch"):
+        ranks = max(cfg.n_workers + (1 if _has_server(cfg) else 0) for cfg in (runs[i] for i in todo))
+        per_node = a.ntasks_per_node or -(-ranks // a.nodes)
+        if per_node * a.nodes != ranks:
+            raise SlurmError(f"--nodes {a.nodes} x --ntasks-per-node {per_node} = {per_node * a.nodes} ranks, "
+                             f"but the runs need {ranks}; set --ntasks-per-node so that nodes x tasks = {ranks}")
+        fields.update(nodes=a.nodes, ntasks_per_node=per_node, gpus_per_node=a.gpus_per_node, mpi=a.mpi,
+                      indices=" ".join(map(str, todo)))
+        return a.backend, render(a.backend, **fields)
+    fields.update(array=f"{compress(todo)}%{a.max_concurrent}")
+    return "array", render("array", **fields)
+
+
+def _has_server(cfg) -> bool:
+    from harness import algorithms
+
+    return algorithms.get(cfg.algorithm["name"]).has_server
+
+
+def submit(a) -> int:
+    runs = config_mod.load(a.config, a.sets + ([f"backend={a.backend}"] if a.backend else []))
+    out = Path(a.out or Path("runs") / runs[0].name)
+    todo = pending(runs, out)
+    if not todo:
+        print(f"nothing to submit: all {len(runs)} run(s) already finished in {out}")
+        return 0
+    kind, text = script_for(a, runs, todo, out)
+    if a.dry_run:
+        print(text, end="")
+        return 0
+    sbatch = _slurm_tool("sbatch")
+    if a.partition:
+        check_partition(a.partition)
+    (out / "slurm-logs").mkdir(parents=True, exist_ok=True)
+    path = out / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+    path.write_text(text)
+    res = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True, timeout=60)
+    if res.returncode:
+        raise SlurmError(f"sbatch failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+    job = res.stdout.strip().split(";")[0]
+    print(f"submitted job {job}: {len(todo)} of {len(runs)} run(s) ({path}); results in {out}; "
+          f"then `harness report {out}`")
+    return 0
+
+
+def sweep(a) -> int:
+    runs = config_mod.load(a.config, a.sets)
+    out = Path(a.out or Path("runs") / runs[0].name)
+    todo = pending(runs, out)
+    print(f"{len(todo)} of {len(runs)} run(s) to do in {out}, {a.jobs} at a time")
+    sets = [x for s in a.sets for x in ("--set", s)]
+
+    def one(i):
+        cmd = [sys.executable, "-m", "harness.cli", "run", a.config, "--out", str(out), "--only", str(i), "--quiet", *sets]
+        return i, subprocess.run(cmd, capture_output=True, text=True)
+
+    failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        for k, (i, res) in enumerate(pool.map(one, todo), 1):
+            ok = res.returncode == 0
+            failed += not ok
+            err = "" if ok else ": " + (res.stderr.strip().splitlines() or ["failed"])[-1]
+            print(f"[{k}/{len(todo)}] {runs[i].run_id}: {'done' if ok else 'FAILED'}{err}", flush=True)
+    print(f"{len(todo) - failed} finished, {failed} failed; `harness report {out}` merges them")
+    return 1 if failed else 0
+
+
+def main(argv: list[str], sweep_mode: bool = False) -> int:
+    a = (sweep_parser() if sweep_mode else parser()).parse_args(argv)
+    try:
+        return sweep(a) if sweep_mode else submit(a)
+    except (ConfigError, SlurmError, ValueError, FileNotFoundError) as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,101 @@
+"""Issue [7] on a real single-node SLURM cluster: array sweeps, requeue, MPI through srun."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import results
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slurm
+
+SWEEP = """name: sw
+algorithm: {{name: local_sgd, period: 4}}
+n_workers: 4
+steps: {steps}
+eval_every: {eval_every}
+task: {{hidden: [8]}}
+grid: {{seed: {seeds}}}
+"""
+
+
+def _harness(cluster, *args, cwd=None):
+    env = {**os.environ, **cluster.env}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def _job(stdout: str) -> int:
+    m = re.search(r"submitted job (\d+)", stdout)
+    assert m, stdout
+    return int(m.group(1))
+
+
+def _logs(out: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted((out / "slurm-logs").glob("*")))
+
+
+def _no_duplicates(df):
+    key = ["run_id", "worker", "event", "step"]
+    assert not df[df.event != "failed"].duplicated(key).any()
+
+
+def test_array_sweep_then_resubmit_skips_finished(slurm_cluster, tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(SWEEP.format(steps=20, eval_every=10, seeds="[0, 1, 2, 3]"))
+    out = tmp_path / "out"
+    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), "--partition", "debug",
+                 "--max-concurrent", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    states = slurm_cluster.wait(_job(r.stdout), timeout=180)
+    assert set(states.values()) == {"COMPLETED"}, (states, _logs(out))
+    df = results.load(out)
+    assert df.run_id.nunique() == 4 and set(df.status) == {"finished"} and set(df.seed) == {0, 1, 2, 3}
+    _no_duplicates(df)
+    again = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to submit: all 4 run(s) already finished" in again.stdout
+
+
+def test_requeue_of_a_running_task_ends_complete_and_duplicate_free(slurm_cluster, tmp_path):
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(SWEEP.format(steps=3000, eval_every=500, seeds="[7]"))
+    out = tmp_path / "out"
+    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job = _job(r.stdout)
+    slurm_cluster.wait_for_state(job, {"RUNNING"}, timeout=60)
+    run_json = next(iter(out.glob("*/run.json")), None)
+    deadline = time.time() + 30
+    while run_json is None and time.time() < deadline:  # the task has really started the run
+        time.sleep(0.2)
+        run_json = next(iter(out.glob("*/run.json")), None)
+    assert run_json is not None and json.loads(run_json.read_text())["status"] == "running"
+    slurm_cluster.requeue(job)
+    states = slurm_cluster.wait(job, timeout=240)
+    assert set(states.values()) == {"COMPLETED"}, (states, _logs(out))
+    assert "Restarts=1" in slurm_cluster.run(["scontrol", "show", "job", str(job)], check=False).stdout or \
+        any(rec.get("Restarts") == "1" for rec in slurm_cluster.job_records(job))
+    df = results.load(out)
+    assert df.run_id.nunique() == 1 and set(df.status) == {"finished"}
+    _no_duplicates(df)
+    assert sorted(df[df.worker == -1].step) == [0, 500, 1000, 1500, 2000, 2500, 3000]
+    assert (df[df.worker >= 0].groupby("worker").step.max() == 3000).all()
+
+
+def test_errors_without_a_cluster_or_partition(slurm_cluster, tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(SWEEP.format(steps=5, eval_every=5, seeds="[0]"))
+    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(tmp_path / "o"), "--partition", "gpu-nope")
+    assert r.returncode == 2 and "--partition gpu-nope: no such partition; available: debug" in r.stderr
+    env = {k: v for k, v in os.environ.items()}
+    env["PATH"] = str(Path(sys.executable).parent)  # no sbatch on PATH
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "slurm", "submit", str(cfg), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "sbatch not found" in r.stderr and "harness sweep" in r.stderr
