@@ -15,12 +15,13 @@ Paper defaults: inner AdamW lr 4e-4, weight decay 0.1, betas (0.9, 0.95); outer 
 momentum 0.9 Nesterov; H = 500. Here H defaults to 20 and the inner lr to 3e-3 so that a
 few-hundred-step digits run has rounds to average and trains. ``inner: sgd`` swaps the
 inner optimizer for SGD (``momentum``, ``nesterov``).
+A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
 from typing import Literal
 
 from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
+from harness.ops import AllReduce, Grad, Record, retrying
 from harness.schedules import LR
 from harness.transforms import adamw, sgd
 
@@ -42,7 +43,7 @@ def diloco(ctx, x, *, period: int = 20, inner: Literal["adamw", "sgd"] = "adamw"
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
         if (t + 1) % period == 0:
-            delta = yield AllReduce(theta - x, op="mean")
+            delta = yield from retrying(AllReduce(theta - x, op="mean"))
             step, outer_state = outer.update(delta, outer_state, theta)
             theta = x = theta + step
             rounds += 1

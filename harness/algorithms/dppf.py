@@ -17,12 +17,13 @@ Without gradients the distance ``||x_i - xbar||`` has the fixed point ``lam / al
 is the ``dist`` metric. Cost: one model all-reduce per round.
 
 Defaults (not from the paper): tau=4, alpha=0.5, lam=0.05, SGD lr 0.1, momentum 0.9.
+A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
 import torch
 
 from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
+from harness.ops import AllReduce, Grad, Record, retrying
 from harness.schedules import LR
 from harness.transforms import sgd
 
@@ -45,7 +46,7 @@ def dppf(ctx, x, *, tau: int = 4, alpha: float = 0.5, lam: float = 0.05, lr: LR 
         x = x + lr_at(t) * u
         metrics = {}
         if (t + 1) % tau == 0:
-            d = x - (yield AllReduce(x, op="mean"))
+            d = x - (yield from retrying(AllReduce(x, op="mean")))
             r = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
             push = torch.where(r > 0, d / r.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(d))
             x = x - alpha * d + lam * push

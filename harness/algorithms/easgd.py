@@ -16,12 +16,13 @@ server/worker roles and is not here.
 
 Defaults: tau=4, beta=0.1 and SGD lr 0.1 with momentum 0.9, as the authors' lab used
 EASGD as a baseline (the EASGD paper itself mostly uses beta=0.9).
+A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
 import torch
 
 from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
+from harness.ops import AllReduce, Grad, Record, retrying
 from harness.schedules import LR
 from harness.transforms import sgd
 
@@ -42,7 +43,7 @@ def easgd(ctx, x, *, tau: int = 4, beta: float = 0.1, lr: LR = 0.1, momentum: fl
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
         if (t + 1) % tau == 0:
-            xbar = yield AllReduce(x, op="mean")
+            xbar = yield from retrying(AllReduce(x, op="mean"))
             x, center = x - alpha * (x - center), (1 - beta) * center + beta * xbar
             rounds += 1
         dist = torch.linalg.vector_norm(x - center, dim=-1)

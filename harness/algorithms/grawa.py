@@ -6,7 +6,8 @@ extra minibatch, smooths it, and the workers pull towards a centre weighted by i
 gradient norms (flat regions weigh more):
 
     nu_i = sum_l ||g_i,l||  (MGRAWA, one per model)   or   nu_i,l = ||g_i,l|| (LGRAWA, per layer)
-    m_i <- s m_i + (1 - s) nu_i;   mhat_i = m_i / (1 - s^k)    (k-th measurement, bias-corrected)
+    m_i <- s m_i + (1 - s) nu_i;   mhat_i = m_i / (1 - s^k)    (k-th measurement; the bias
+                                                                correction cancels in w_i)
     w_i = (1 / mhat_i) / sum_j (1 / mhat_j)                     (all-reduce of the scalars)
     x_c = sum_j w_j x_j                                          (all-reduce of the models)
     x_i <- (1 - alpha) x_i + alpha x_c
@@ -19,6 +20,8 @@ fast workers take more local steps; that needs a counter shared across workers, 
 the lock-step op language cannot express, so here every worker communicates every
 ``tau`` of its own steps. Defaults: alpha=0.5, p2=0.01, smoothing 0.43 (the paper's
 LGRAWA); tau=8 instead of 32 for the short digits runs; SGD lr 0.1, momentum 0.9.
+Two dependent all-reduces per round, so a permanent crash (fault policy ``continue``)
+stops the run with a clear message rather than re-weighting among the survivors.
 """
 import torch
 

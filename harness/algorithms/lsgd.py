@@ -12,7 +12,8 @@ update ``x^{t+1} = x^t - eta grad f(x^t) - lambda (x^t - x_l^t)``. This is the p
 single-leader, synchronous form with the pull applied at communication steps only.
 Cost per round: an all-gather of one scalar, then the leader's model reaches everybody
 through an all-reduce (sum of ``onehot_i x_i``); the paper broadcasts it (about half the
-bytes of a ring all-reduce) -- the op language has no broadcast yet.
+bytes of a ring all-reduce) -- the op language has no broadcast yet. The leader's index
+refers to all workers, so a permanent crash (fault policy ``continue``) stops the run.
 
 Defaults (not in ALGORITHMS.md; set for the digits task): tau=4, pull=0.1, SGD lr 0.1
 with momentum 0.9.

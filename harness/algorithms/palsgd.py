@@ -17,6 +17,7 @@ was read from ALGORITHMS.md (the paper's constants: H=32, p=0.2, eta=1, outer Ne
 lr 0.1 for GPT-Neo); here ``eta / p`` is the pull fraction, so it must be <= 1 and
 eta defaults to 0.1 (pull 0.5). Outer lr 0.7 momentum 0.9 and inner SGD lr 0.1 with
 momentum 0.9 suit the digits task; ``inner: adamw`` uses AdamW (per-worker step counts).
+A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
 from typing import Literal
 
@@ -24,7 +25,7 @@ import torch
 
 from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Rand, Record
+from harness.ops import AllReduce, Grad, Rand, Record, retrying
 from harness.schedules import LR
 from harness.transforms import adamw, sgd
 
@@ -48,7 +49,7 @@ def palsgd(ctx, x, *, period: int = 32, p: float = 0.2, eta: float = 0.1, sync_w
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         if t < sync_warmup:
-            g = yield AllReduce(g, op="mean")
+            g = yield from retrying(AllReduce(g, op="mean"))
         u, new = opt.update(g, tuple(s.clone() for s in state), x)  # AdamW's t += 1 is in place
         if t < sync_warmup:
             x = x + lr_at(t) * u
@@ -59,7 +60,7 @@ def palsgd(ctx, x, *, period: int = 32, p: float = 0.2, eta: float = 0.1, sync_w
             state = tuple(torch.where(pseudo, s, n) for s, n in zip(state, new))
             x = torch.where(pseudo, x - (eta / p) * (x - theta), x + lr_at(t) / (1 - p) * u)
             if (t + 1 - sync_warmup) % period == 0:
-                delta = yield AllReduce(theta - x, op="mean")
+                delta = yield from retrying(AllReduce(theta - x, op="mean"))
                 step, outer_state = outer.update(delta, outer_state, theta)
                 theta = x = theta + step
                 rounds += 1

@@ -10,10 +10,11 @@ before the switch, one model all-reduce per ``period`` steps after.
 
 Defaults from the authors' code: H=16, Nesterov momentum 0.9, weight decay 1e-4, with
 the digits task's lr 0.1.
+A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
 from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
+from harness.ops import AllReduce, Grad, Record, retrying
 from harness.schedules import LR
 from harness.transforms import sgd
 
@@ -32,12 +33,12 @@ def post_local_sgd(ctx, x, *, switch: int | None = None, period: int = 16, lr: L
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         if t < switch:
-            g = yield AllReduce(g, op="mean")
+            g = yield from retrying(AllReduce(g, op="mean"))
             rounds += 1
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
         if t >= switch and (t + 1 - switch) % period == 0:
-            x = yield AllReduce(x, op="mean")
+            x = yield from retrying(AllReduce(x, op="mean"))
             rounds += 1
         yield Record(step=t + 1, round=rounds, x=x, loss=loss)
     return x

@@ -11,8 +11,9 @@ round is cut at the end of the run and still averaged. The ``H`` of the current 
 the ``H`` metric. Cost: one model all-reduce per round.
 
 Defaults: H_base=4 and cosine decay as the paper; the paper's alpha=0.0175 is tuned
-to AdamW learning rates (~1e-3), with this SGD's lr 0.1 it would never lengthen a round,
-so alpha defaults to 0.1 here (H > 4 once lr < 0.05). Exponent 2 as in the paper's rule.
+to AdamW learning rates (~1e-3); with this SGD's lr 0.1 it would lengthen rounds only in
+the last ~5% of the run, so alpha defaults to 0.1 (H > 4 once lr < 0.05). Exponent 2.
+A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
 import math
 
@@ -20,7 +21,7 @@ import torch
 
 from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
+from harness.ops import AllReduce, Grad, Record, retrying
 from harness.schedules import LR
 from harness.transforms import sgd
 
@@ -44,7 +45,7 @@ def qsr(ctx, x, *, h_base: int = 4, alpha: float = 0.1, lr: LR = schedules.spec(
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
         if t + 1 == sync_at:
-            x = yield AllReduce(x, op="mean")
+            x = yield from retrying(AllReduce(x, op="mean"))
             rounds += 1
         yield Record(step=t + 1, round=rounds, x=x, loss=loss, metrics={"H": torch.full_like(loss, h)})
     return x
