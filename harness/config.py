@@ -84,6 +84,9 @@ def resolve(raw: dict) -> RunConfig:
         raise ConfigError(f"task.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if algorithms.get(name).has_server and cfg.backend == "stacked":
+        raise ConfigError(f"backend: {name!r} is asynchronous (server and worker roles); the stacked backend runs "
+                          "lock-step algorithms only; use backend: simpy")
     try:
         cfg.network.check_workers(cfg.n_workers + (1 if algorithms.get(name).has_server else 0))
         if cfg.faults:

@@ -18,6 +18,7 @@ AllReduce(x)    reduce ``x`` over all workers ("mean" or "sum")        reduced t
 AllGather(x)    every worker's ``x``, stacked along a new first axis    ``[n, *x]``
 Gossip(x, step) ``sum_j W(step)[i, j] x_j`` over the graph's neighbours mixed tensor
 Rand()          a uniform draw from this worker's own random stream    ``[]``
+Rate()          this worker's measured compute rate so far (units/s)   ``[]``
 Start(op)       begin a collective without waiting (overlap)           :class:`Handle`
 Wait(handle)    finish it                                              the op's result
 Send(dst, x)    point-to-point message to rank ``dst`` (buffered)       None
@@ -118,6 +119,14 @@ def retrying(op):
 
 
 @dataclass(frozen=True)
+class Rate:
+    """This worker's measured compute speed so far: compute units (minibatch gradients) per
+    second of its own compute time (simulated or wall clock). The one window onto time an
+    algorithm gets, for methods that adapt work to speed (e.g. dynamic local updates);
+    0 before the first computation."""
+
+
+@dataclass(frozen=True)
 class Start:
     """Begin a collective (``AllReduce``/``AllGather``) and go on computing; its result comes
     from ``Wait(handle)``. Only the part of the communication not hidden behind
@@ -181,4 +190,4 @@ class Record:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Start | Wait | Send | Recv | Record
+Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Rate | Start | Wait | Send | Recv | Record

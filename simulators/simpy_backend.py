@@ -54,6 +54,7 @@ class SimPyBackend(P2PMixin, Simulator):
         self.holding = [None] * self.ranks  # when each rank's current compute ends
         self.n_alive = self.n
         self.handles = [[] for _ in range(self.ranks)]
+        self.units = [0.0] * self.ranks  # compute units done, for Rate
         self.procs = procs = [self.env.process(self._process(r, x0.clone())) for r in range(self.ranks)]
         self.env.run()
         stuck = [r for r, p in enumerate(procs) if not p.triggered]
@@ -69,7 +70,7 @@ class SimPyBackend(P2PMixin, Simulator):
         handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
                     ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
                     ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
-                    ops.Start: self._start, ops.Wait: self._wait}
+                    ops.Start: self._start, ops.Wait: self._wait, ops.Rate: self._rate}
         value, failure = None, None
         while True:
             try:
@@ -93,6 +94,7 @@ class SimPyBackend(P2PMixin, Simulator):
         if w >= 0 and f is not None and f.spec.policy == "continue" and f.next_crash(w) <= now + dt:
             yield from self._crash(r, max(f.next_crash(w), now))
         self.stats.compute_s[r] += dt
+        self.units[r] += cost
         self.stats.idle_s[r] += down  # down after a crash: neither computing nor communicating
         dt += down
         self.holding[r] = self.env.now + dt
@@ -221,6 +223,11 @@ class SimPyBackend(P2PMixin, Simulator):
     def _deliver(self, dst, tag, x, delay):
         yield self.env.timeout(delay)
         yield self.mailboxes[dst].put((tag, x))
+
+    def _rate(self, r, op):
+        busy = self.stats.compute_s[r]
+        return torch.tensor(self.units[r] / busy if busy > 0 else 0.0, dtype=torch.float64)
+        yield  # a handler is a generator even when it never waits
 
     def _rand(self, i, op):
         return self.draw(self.w(i))

@@ -87,7 +87,7 @@ def validate_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def _load_builtin():
     # Imported lazily so that registering a user algorithm never needs these modules.
-    from harness.algorithms import (async_sgd, diloco, dppf, dpsgd, easgd, grawa, local_sgd, lsgd,  # noqa: F401
+    from harness.algorithms import (async_easgd, async_local_sgd, async_sgd, diloco, dppf, dpsgd, easgd, grawa, local_sgd, lsgd,  # noqa: F401
                                     palsgd, post_local_sgd, qsr, sync_sgd)
 
 

@@ -1,0 +1,44 @@
+"""Asynchronous EASGD (Zhang, Choromanska & LeCun, arXiv 1412.6651, Algorithm 1).
+
+Worker ``i`` takes local momentum-SGD steps; every ``tau`` of its own steps it sends ``x_i``
+to the server, which answers with the elastic difference computed against the center at
+that moment and moves the center by the same amount:
+
+    e = alpha (x_i - x_c);    x_c <- x_c + e   (server, on arrival);    x_i <- x_i - e
+
+``alpha = beta / n``. No barrier: fast workers exchange more often. Cost per exchange:
+1 model-sized vector up, 1 down. Defaults: tau=4, lr 0.1, momentum 0.9 (the lab's baseline
+settings in ALGORITHMS.md) and the paper's moving rate beta=0.9 (ALGORITHMS.md's beta=0.1
+makes the pull weak at n=16; set it in the config to compare).
+"""
+from harness.algorithms import register
+from harness.ops import ANY, SERVER, Grad, Record, Recv, Send
+from harness.transforms import sgd
+
+
+@register("async_easgd", server=True)
+def async_easgd(ctx, x, *, tau: int = 4, beta: float = 0.9, lr: float = 0.1, momentum: float = 0.9):
+    if tau < 1:
+        raise ValueError(f"algorithm.tau: must be >= 1, got {tau}")
+    alpha = beta / ctx.n_workers
+    exchanges = ctx.steps // tau
+    if ctx.role == "server":
+        for k in range(ctx.n_workers * exchanges):
+            msg = yield Recv(ANY)
+            e = alpha * (msg.x - x)
+            x = x + e
+            yield Send(msg.src, e)
+            if (k + 1) % ctx.n_workers == 0:  # one "step" of the center = n exchanges, tau steps each
+                yield Record(step=(k + 1) // ctx.n_workers * tau, round=k + 1, x=x)
+        return x
+    opt = sgd(lr, momentum)
+    state = opt.init(x)
+    for t in range(ctx.steps):
+        loss, g = yield Grad(x)
+        u, state = opt.update(g, state, x)
+        x = x + u
+        if (t + 1) % tau == 0 and (t + 1) // tau <= exchanges:
+            yield Send(SERVER, x)
+            x = x - (yield Recv(SERVER)).x
+        yield Record(step=t + 1, round=(t + 1) // tau, x=x, loss=loss)
+    return x

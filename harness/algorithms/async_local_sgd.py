@@ -1,0 +1,66 @@
+"""Asynchronous Local-SGD (Liu et al., arXiv 2401.09135) with Delayed Nesterov and
+dynamic local updates. Rules reconstructed from ALGORITHMS.md (two re-implementations
+citing the paper's Algorithm 3); constants are tunable, not the paper's verified code.
+
+Server holds ``theta`` and the outer momentum ``m``. Worker ``w`` pulls ``theta``, takes
+``H_w`` inner steps (its inner optimizer state persists), pushes ``Delta_w = theta_pulled -
+x_w`` and its measured speed ``v_w``. On each arrival ``k`` (staleness is implicit: the
+server applies Delta whenever it arrives):
+
+    plain part, every arrival:          theta <- theta - outer_lr * Delta / N
+    Delayed Nesterov, every N arrivals: b = sum of the last N Deltas;  m <- beta m + b / N
+                                        theta <- theta - outer_lr * beta * m
+
+so N arrivals together make one Nesterov step with gradient ``b / N`` (``delayed: false``
+applies ``m <- beta m + Delta; theta -= outer_lr (Delta + beta m)`` on every arrival: the
+naive asynchronous Nesterov). Dynamic local updates: ``H_w = max(1, floor(v_w / max_u v_u
+* H))``, so slow workers take fewer steps per round. Each worker runs ``steps // H``
+rounds. Cost per round: 1 vector up, 1 down (+ a few scalars).
+"""
+import torch
+
+from harness.algorithms import register
+from harness.ops import ANY, SERVER, Grad, Rate, Record, Recv, Send
+from harness.transforms import adamw, sgd
+
+
+@register("async_local_sgd", server=True)
+def async_local_sgd(ctx, x, *, period: int = 16, lr: float = 0.1, momentum: float = 0.0, inner: str = "sgd",
+                    outer_lr: float = 0.7, outer_momentum: float = 0.9, delayed: bool = True, buffer: int = 0,
+                    dynamic: bool = True):
+    n, rounds = ctx.n_workers, max(1, ctx.steps // period)
+    N = buffer or n  # Delayed Nesterov buffer size (default: the number of workers)
+    if ctx.role == "server":
+        m, acc, rates = torch.zeros_like(x), torch.zeros_like(x), torch.zeros(n + 1, dtype=torch.float64)
+        for k in range(1, n * rounds + 1):
+            msg = yield Recv(ANY)
+            rates[msg.src] = (yield Recv(msg.src)).x
+            delta = msg.x
+            if delayed:
+                x, acc = x - outer_lr * delta / N, acc + delta
+                if k % N == 0:
+                    m = outer_momentum * m + acc / N
+                    x, acc = x - outer_lr * outer_momentum * m, torch.zeros_like(acc)
+            else:
+                m = outer_momentum * m + delta
+                x = x - outer_lr * (delta + outer_momentum * m)
+            h = max(1, int(rates[msg.src] / rates.max() * period)) if dynamic and rates.max() > 0 else period
+            yield Send(msg.src, x)
+            yield Send(msg.src, torch.tensor(float(h), dtype=torch.float64))
+            if k % n == 0:
+                yield Record(step=k // n * period, round=k, x=x)
+        return x
+    opt = adamw(lr, weight_decay=0.0) if inner == "adamw" else sgd(lr, momentum)
+    state, steps, h = opt.init(x), 0, period
+    for r in range(rounds):
+        theta = x
+        for _ in range(h):
+            loss, g = yield Grad(x)
+            u, state = opt.update(g, state, x)
+            x, steps = x + u, steps + 1
+        yield Send(SERVER, theta - x)
+        yield Send(SERVER, (yield Rate()))
+        x = (yield Recv(SERVER)).x
+        h = int((yield Recv(SERVER)).x.item())
+        yield Record(step=(r + 1) * period, round=r + 1, x=x, loss=loss)
+    return x
