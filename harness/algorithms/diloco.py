@@ -21,7 +21,8 @@ from typing import Literal
 
 from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record, retrying
+from harness.algorithms.common import outer_step
+from harness.ops import Grad, Record
 from harness.schedules import LR
 from harness.transforms import adamw, sgd
 
@@ -43,9 +44,8 @@ def diloco(ctx, x, *, period: int = 20, inner: Literal["adamw", "sgd"] = "adamw"
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
         if (t + 1) % period == 0:
-            delta = yield from retrying(AllReduce(theta - x, op="mean"))
-            step, outer_state = outer.update(delta, outer_state, theta)
-            theta = x = theta + step
+            theta, outer_state = yield from outer_step(theta, x, outer, outer_state)
+            x = theta
             rounds += 1
         yield Record(step=t + 1, round=rounds, x=x, loss=loss)
     return x

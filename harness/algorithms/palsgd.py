@@ -25,6 +25,7 @@ import torch
 
 from harness import schedules
 from harness.algorithms import register
+from harness.algorithms.common import outer_step
 from harness.ops import AllReduce, Grad, Rand, Record, retrying
 from harness.schedules import LR
 from harness.transforms import adamw, sgd
@@ -60,9 +61,8 @@ def palsgd(ctx, x, *, period: int = 32, p: float = 0.2, eta: float = 0.1, sync_w
             state = tuple(torch.where(pseudo, s, n) for s, n in zip(state, new))
             x = torch.where(pseudo, x - (eta / p) * (x - theta), x + lr_at(t) / (1 - p) * u)
             if (t + 1 - sync_warmup) % period == 0:
-                delta = yield from retrying(AllReduce(theta - x, op="mean"))
-                step, outer_state = outer.update(delta, outer_state, theta)
-                theta = x = theta + step
+                theta, outer_state = yield from outer_step(theta, x, outer, outer_state)
+                x = theta
                 rounds += 1
         yield Record(step=t + 1, round=rounds, x=x, loss=loss)
     return x
