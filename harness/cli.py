@@ -60,7 +60,7 @@ def cmd_run(a) -> int:
         except (ValueError, IndexError):
             raise ConfigError(f"--only {a.only}: expected indices in 0..{len(runs) - 1}, comma separated") from None
     if a.list:
-        for i, cfg in enumerate(runs):
+        for i, cfg in enumerate(runs if _is_root() else []):
             print(f"{i:4d}  {cfg.run_id}")
         return 0
     out = Path(a.out or Path("runs") / runs[0].name)

@@ -50,10 +50,13 @@ class Simulator:
         self.offset = 1 if getattr(run.algorithm, "has_server", False) else 0  # rank 0 = server
         self.ranks = self.n + self.offset
         self.stats = Stats(self.ranks)
-        self.rngs = [np.random.default_rng([run.ctx.seed, i, 17]) for i in range(self.n)]
+        # one stream per worker, and stream n for a server (as on the real backends)
+        self.rngs = [np.random.default_rng([run.ctx.seed, i, 17]) for i in range(self.n + 1)]
 
     def draw(self, i: int) -> torch.Tensor:
-        """Worker ``i``'s next ``U[0, 1)`` draw (``Rand`` op), from its own stream."""
+        """Worker ``i``'s next ``U[0, 1)`` draw (``Rand`` op), from its own stream (the
+        server, ``i = -1``, has stream ``n``)."""
+        i = self.n if i < 0 else i
         return torch.tensor(self.rngs[i].random(), dtype=torch.float64)
 
     def compute_seconds(self, w: int, start: float, cost: float) -> tuple[float, float]:

@@ -186,6 +186,10 @@ class LocalSlurm:
         self.use_system_munge_key = use_system_munge_key
         self.debug = debug
         self.extra_conf = extra_conf.strip() + "\n" if extra_conf.strip() else ""
+        # A requeued job may only start again once its old credential has expired (SLURM
+        # holds it that long; the default 120 s would make requeue tests slow). Forcing an
+        # earlier start races: slurmd refuses the launch ("Job credential revoked").
+        self.cred_expire = 10
         self._want_cpus = cpus
         self._min_cpus = min_cpus
         self.token = secrets.token_hex(8)
@@ -279,7 +283,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire={self.cred_expire}
 StateSaveLocation={self.state_dir}
 SlurmdSpoolDir={self.spool_dir}
 SlurmctldPidFile={r}/slurmctld.pid
@@ -537,16 +541,17 @@ PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINI
     def requeue(self, job_id: int | str, *, release: bool = True, timeout: float = 30) -> None:
         """``scontrol requeue`` a running job (needs JobRequeue=1 or ``sbatch --requeue``).
 
-        SLURM makes a requeued job ineligible for ~2 minutes (it comes back
-        PENDING, Reason=BeginTime, EligibleTime=now+121s).  With ``release``
-        (default) we wait until it is PENDING again and set
-        ``StartTime=now`` so it restarts within ~1 s; the run then sees
-        SLURM_RESTART_COUNT=1.  ``release=False`` keeps SLURM's real delay."""
+        SLURM keeps a requeued job PENDING until its old credential has expired
+        (``cred_expire``, set to 10 s in this cluster's config instead of the
+        default 120 s), then restarts it; the run sees SLURM_RESTART_COUNT=1.
+        Forcing an earlier start (``StartTime=now``) races with the revoked
+        credential: slurmd refuses the launch and the job ends FAILED ("Job
+        credential revoked"), so we never do. With ``release`` (default) this
+        waits until the job is queued or running again."""
         self.run(["scontrol", "requeue", str(job_id)])
         if not release:
             return
         self.wait_for_state(job_id, {"PENDING", "RUNNING", *TERMINAL_STATES}, timeout, poll=0.1)
-        self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
 
     def cancel(self, *job_ids: int | str) -> None:
         if job_ids:

@@ -63,6 +63,21 @@ def test_array_sweep_then_resubmit_skips_finished(slurm_cluster, tmp_path):
     assert again.returncode == 0 and "nothing to submit: all 4 run(s) already finished" in again.stdout
 
 
+def _requeue_and_release(cluster, job, timeout=90):
+    """Requeue and wait until the task is queued again. SLURM itself restarts it once the old
+    job credential expired (``cred_expire``, 10 s in the test cluster): forcing an earlier
+    start (``StartTime=now``) races with the revoked credential and fails the relaunch."""
+    cluster.run(["scontrol", "requeue", str(job)])
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        recs = cluster.job_records(job)
+        if recs and all(int(r.get("Restarts", "0")) >= 1 and r.get("JobState") in ("PENDING", "RUNNING", "COMPLETED")
+                        for r in recs):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not come back after requeue: {cluster.job_records(job)}")
+
+
 def test_requeue_of_a_running_task_ends_complete_and_duplicate_free(slurm_cluster, tmp_path):
     cfg = tmp_path / "long.yaml"
     cfg.write_text(SWEEP.format(steps=3000, eval_every=500, seeds="[7]"))
@@ -77,7 +92,7 @@ def test_requeue_of_a_running_task_ends_complete_and_duplicate_free(slurm_cluste
         time.sleep(0.2)
         run_json = next(iter(out.glob("*/run.json")), None)
     assert run_json is not None and json.loads(run_json.read_text())["status"] == "running"
-    slurm_cluster.requeue(job)
+    _requeue_and_release(slurm_cluster, job)
     states = slurm_cluster.wait(job, timeout=240)
     assert set(states.values()) == {"COMPLETED"}, (states, _logs(out))
     assert "Restarts=1" in slurm_cluster.run(["scontrol", "show", "job", str(job)], check=False).stdout or \

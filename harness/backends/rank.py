@@ -17,21 +17,22 @@ run ends with the same parameters and the same table (counters aside from time):
 * ``Rand``      ``numpy.random.default_rng([seed, i, 17])``, the stream of
                 ``simulators.base.Simulator.draw`` (the server uses ``i = n_workers``).
 * ``Send/Recv`` buffered sends; receives from a rank or ``ANY`` source, any or one tag.
-* ``Record``    worker rows locally through :class:`harness.recording.Recorder`; at
-                evaluation steps the workers' models and counters are gathered to rank 0
-                for the consensus row (not counted in bytes or time). With
+* ``Record``    saves this worker's counters; they become rows through
+                ``Recorder.worker`` after the run. At evaluation steps the workers' models
+                and counters are gathered to rank 0 for the consensus row
+                (``Recorder.consensus``; not counted in bytes or time). With
                 ``server=True`` algorithms the server's ``Record`` is the consensus row
                 (its own model and counters) and workers gather nothing.
 
 Time is wall clock since a start barrier. ``compute_s`` = ``Grad``/``Compute`` plus the
 algorithm's own maths between ops; ``comm_s`` = time inside communication ops; ``idle_s`` =
 the part of a ``Recv`` spent waiting for a message to arrive (collectives: 0). The clock
-is *paused* during ``Record`` (row bookkeeping and the evaluation gather), and test
-metrics of consensus rows are computed after the run, so evaluation never shows up as
-training time. Bytes come from ``harness.comm`` on the actual payloads, like the simulators.
+is *paused* during the evaluation gather of ``Record``, and test metrics of consensus rows
+are computed after the run, so evaluation never shows up as training time. Bytes come from ``harness.comm`` on the actual payloads, like the simulators.
 """
 from __future__ import annotations
 
+import operator
 import os
 import socket
 import statistics
@@ -97,27 +98,32 @@ class Transport:
 
 
 class Clock:
-    """Wall seconds since ``start``, minus the time spent inside ``paused()`` blocks."""
+    """Wall seconds since ``start``, minus the time spent between ``pause()`` and ``resume()``."""
 
     def __init__(self):
-        self.t0, self.excluded, self._frozen = time.perf_counter(), 0.0, None
+        self.start()
 
     def start(self):
-        self.t0, self.excluded, self._frozen = time.perf_counter(), 0.0, None
+        self.t0 = self.base = time.perf_counter()  # base = t0 + paused time so far
+        self._frozen = None
 
     def now(self) -> float:
-        t = self._frozen if self._frozen is not None else time.perf_counter()
-        return t - self.t0 - self.excluded
+        return (self._frozen or time.perf_counter()) - self.base
+
+    def pause(self):
+        self._frozen = time.perf_counter()
+
+    def resume(self):
+        self.base += time.perf_counter() - self._frozen
+        self._frozen = None
 
     @contextmanager
     def paused(self):
-        p = time.perf_counter()
-        self._frozen = p
+        self.pause()
         try:
             yield
         finally:
-            self._frozen = None
-            self.excluded += time.perf_counter() - p
+            self.resume()
 
 
 class Watchdog:
@@ -146,6 +152,33 @@ class Watchdog:
             if cur and time.monotonic() - cur[1] > self.timeout:
                 self.on_timeout(f"no progress for {self.timeout:.0f} s in {cur[0]} (HARNESS_TIMEOUT_S)")
                 return
+
+
+_COUNTER_VALUES = operator.attrgetter(*COUNTERS)
+
+
+class Counters:
+    """This rank's cumulative counters as Python numbers (cheap to update on every op);
+    copied into a :class:`harness.recording.Stats` only when a row is written."""
+
+    __slots__ = COUNTERS
+
+    def __init__(self):
+        for c in COUNTERS:
+            setattr(self, c, 0 if c == "messages" else 0.0)
+
+    def add_traffic(self, t: comm.Traffic):
+        self.bytes_sent += t.sent
+        self.bytes_recv += t.recv
+        self.messages += t.messages
+
+    def into(self, stats: Stats, k: int) -> Stats:
+        for c in COUNTERS:
+            getattr(stats, c)[k] = getattr(self, c)
+        return stats
+
+    def snapshot(self) -> np.ndarray:
+        return np.array([getattr(self, c) for c in COUNTERS], dtype=np.float64)
 
 
 class DeferredRecorder(Recorder):
@@ -195,10 +228,14 @@ class RankDriver:
         self.topology = topologies.build(cfg.topology, self.n, cfg.seed) if cfg.topology else None
         stream = self.n if self.role == "server" else self.i
         self.rng = np.random.default_rng([cfg.seed, stream, 17])  # == simulators.base.Simulator.draw
-        self.stats = Stats(1 if self.role == "server" else self.n)
+        self.stats = Stats(1 if self.role == "server" else self.n)  # rows read counters from here
+        self.ctr = Counters()  # ... which are kept here and copied over when rows are written
+        self.logged: list[tuple] = []  # (step, round, counters, loss, metrics) per worker row, see _write_rows
+        self._traffic: dict = {}  # (kind, nbytes) -> comm.Traffic
         self.rec = DeferredRecorder(meta_columns(cfg, cfg.backend), self.n, cfg.steps, self.task.evaluate,
                                     cfg.eval_every, cfg.log_every)
         self.clock = Clock()
+        self.mark = 0.0  # clock time at which the current op began / the last timed op ended
         self.dog = Watchdog(op_timeout_s(), on_timeout)
         self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
                          ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
@@ -213,10 +250,10 @@ class RankDriver:
     # -- the run -------------------------------------------------------------------------
     def run(self) -> torch.Tensor:
         x0 = self.task.init_params(self.cfg.seed)
-        index = None if self.role == "server" else torch.tensor(self.i)
+        index = torch.tensor(max(self.i, 0))  # as SimPy: the server sees index 0
         ctx = Ctx(self.n, self.cfg.steps, self.cfg.seed, index=index, segments=tuple(self.task.segments),
                   role=self.role, rank=self.tr.rank)
-        self.t_unit = self._calibrate(x0) if self.role == "worker" else 0.0
+        self.t_unit = self._calibrate(x0)
         # step 0, as simulators.base.Simulator.start
         if self.role == "worker":
             self.rec.worker(self.i, 0, 0, self.stats)
@@ -224,28 +261,40 @@ class RankDriver:
             self.rec.consensus(0, 0, x0.expand(self.n, -1), Stats(self.n).counters())
         gen = self.alg(ctx, x0.clone(), **self.params)
         self._comm("the start barrier", self.tr.barrier)
-        self.stats = Stats(len(self.stats.time))  # the barrier does not count
+        self.ctr = Counters()  # the barrier does not count
         self.clock.start()
-        value, mark = None, 0.0
+        value, self.mark = None, 0.0
         while True:
             try:
                 op = gen.send(value)
             except StopIteration as stop:
                 final = stop.value
                 break
-            now = self.clock.now()
-            self.stats.compute_s[self.k] += now - mark  # the algorithm's own maths
+            t = self.clock.now()
+            self.ctr.compute_s += t - self.mark  # the algorithm's own maths
+            self.mark = t
             handler = self.handlers.get(type(op))
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
             value = handler(op)
-            mark = self.clock.now()
+        self.loop_s = self.clock.now()  # training time: wall since the start barrier, evaluation excluded
         self._comm("waiting for sent messages to leave", self.tr.finish)
         self.dog.stop()
+        self._write_rows()
         return final
 
+    def _write_rows(self):
+        """Worker rows through ``Recorder.worker``, after the run: a ``Record`` only keeps the
+        counters, so that building rows never runs on the clock or slows the loop."""
+        st, k = self.stats, self.k
+        for step, rnd, values, loss, metrics in self.logged:
+            for c, v in zip(COUNTERS, values):
+                getattr(st, c)[k] = v
+            self.rec.worker(self.i, step, rnd, st, loss, metrics)
+        self.logged = []
+
     def _calibrate(self, x0) -> float:
-        idx = self.sampler.shards[self.i][: self.task.batch_size]  # fixed batch: the stream is untouched
+        idx = self.sampler.shards[max(self.i, 0)][: self.task.batch_size]  # fixed batch: streams untouched
         times = []
         for _ in range(3):
             t = time.perf_counter()
@@ -254,46 +303,57 @@ class RankDriver:
         return statistics.median(times)
 
     # -- op handlers -------------------------------------------------------------------------
-    def _hold_done(self, t0):
+    def _hold_done(self):
         t1 = self.clock.now()
-        self.stats.compute_s[self.k] += t1 - t0
-        self.stats.time[self.k] = t1
+        self.ctr.compute_s += t1 - self.mark
+        self.ctr.time = self.mark = t1
 
     def _grad(self, op):
         if self.role == "server":
             raise ValueError("Grad: the server rank has no data shard; only workers compute gradients")
-        t0 = self.clock.now()
         out = self.task.loss_and_grad(op.x, self.sampler.worker(self.i, op.batches))
-        self._hold_done(t0)
+        self._hold_done()
         return out
 
     def _compute(self, op):
-        t0 = self.clock.now()
         time.sleep(max(0.0, float(op.cost)) * self.t_unit)
-        self._hold_done(t0)
+        self._hold_done()
 
-    def _comm(self, desc, fn, traffic: comm.Traffic | None = None):
-        t0 = self.clock.now()
-        self.dog.busy(f"{desc} ({self.where})")
+    def _comm(self, desc, fn, traffic: comm.Traffic | None = None, *args):
+        """``fn(*args)`` timed as communication, under the watchdog."""
+        self.dog.busy(desc)
         try:
-            out = fn()
+            out = fn(*args)
         finally:
             self.dog.idle()
         t1 = self.clock.now()
-        self.stats.comm_s[self.k] += t1 - t0
-        self.stats.time[self.k] = t1
+        ctr = self.ctr
+        ctr.comm_s += t1 - self.mark
+        ctr.time = self.mark = t1
         if traffic is not None:
-            self.stats.add_traffic(self.k, traffic)
+            ctr.bytes_sent += traffic.sent
+            ctr.bytes_recv += traffic.recv
+            ctr.messages += traffic.messages
         return out
 
+    def traffic(self, kind: str, nbytes: int, *args) -> comm.Traffic:
+        key = (kind, nbytes, args)
+        t = self._traffic.get(key)
+        if t is None:
+            t = self._traffic[key] = getattr(comm, kind)(nbytes, *args)
+        return t
+
     def _allreduce(self, op):
+        if getattr(op, "quorum", None) and op.quorum < self.n:
+            raise ValueError(f"AllReduce.quorum={op.quorum}: backup workers (reduce the first k arrivals) are "
+                             f"simulated only; use --backend simpy or stacked, or backup: 0")
         nbytes = comm.payload_bytes(op.x, stacked=False)
-        out = self._comm("AllReduce", lambda: self.tr.allreduce_sum(op.x), comm.ring_allreduce(nbytes, self.n))
+        out = self._comm("AllReduce", self.tr.allreduce_sum, self.traffic("ring_allreduce", nbytes, self.n), op.x)
         return out / self.n if op.op == "mean" else out
 
     def _allgather(self, op):
         nbytes = comm.payload_bytes(op.x, stacked=False)
-        return self._comm("AllGather", lambda: self.tr.allgather(op.x), comm.ring_allgather(nbytes, self.n))
+        return self._comm("AllGather", self.tr.allgather, self.traffic("ring_allgather", nbytes, self.n), op.x)
 
     def _gossip(self, op):
         if self.topology is None:
@@ -307,7 +367,7 @@ class RankDriver:
         got = self._comm(f"Gossip step {op.step}",
                          lambda: self.tr.exchange(op.x, [j + self.off for j in outs], [j + self.off for j in ins],
                                                   op.step),
-                         comm.gossip(nbytes, len(outs), len(ins)))
+                         self.traffic("gossip", nbytes, len(outs), len(ins)))
         got = {j: got[j + self.off] for j in ins}
         got[i] = op.x
         w = topo.W(op.step)[i]
@@ -320,37 +380,69 @@ class RankDriver:
         if not 0 <= op.dst < self.tr.size or op.dst == self.tr.rank:
             raise ValueError(f"Send: dst={op.dst} is not another rank in 0..{self.tr.size - 1}")
         nbytes = comm.payload_bytes(op.x, stacked=False)
-        self._comm(f"Send to rank {op.dst}", lambda: self.tr.send(op.dst, op.x, op.tag), comm.gossip(nbytes, 1, 0))
+        self._comm("Send", lambda: self.tr.send(op.dst, op.x, op.tag), self.traffic("gossip", nbytes, 1, 0))
 
     def _recv(self, op):
         src = -1 if op.src == ops.ANY else op.src
         s, tag, x, waited = self._comm(f"Recv from {'any rank' if src < 0 else f'rank {src}'}",
                                        lambda: self.tr.recv(src, op.tag))
-        waited = min(waited, self.stats.comm_s[self.k])
-        self.stats.comm_s[self.k] -= waited
-        self.stats.idle_s[self.k] += waited
-        self.stats.add_traffic(self.k, comm.gossip(comm.payload_bytes(x, stacked=False), 0, 1))
+        waited = min(waited, self.ctr.comm_s)
+        self.ctr.comm_s -= waited
+        self.ctr.idle_s += waited
+        self.ctr.add_traffic(self.traffic("gossip", comm.payload_bytes(x, stacked=False), 0, 1))
         return ops.Message(s, tag, x)
 
     def _record(self, op):
-        st, k = self.stats, self.k
-        st.time[k] = self.clock.now()
-        self.step_hint = op.step
-        with self.clock.paused():
+        rec, step = self.rec, op.step
+        self.ctr.time = self.mark
+        self.step_hint = step
+        evaluate = rec.is_eval(step)
+        if not evaluate and step % rec.log_every and step != rec.steps:
+            return None  # no row at this step (log_every)
+        ctr = self.ctr
+        if self.role == "worker":
+            loss = op.loss.item() if isinstance(op.loss, torch.Tensor) else op.loss
+            self.logged.append((step, op.round, _COUNTER_VALUES(ctr), loss, op.metrics))
+        if not evaluate:
+            return None
+        self.clock.pause()
+        try:
             if self.role == "server":
-                if self.rec.is_eval(op.step):
-                    self.rec.consensus(op.step, op.round, op.x.detach().reshape(1, -1), st.counters())
+                rec.consensus(step, op.round, op.x.detach().reshape(1, -1), ctr.into(self.stats, self.k).counters())
                 return None
-            self.rec.worker(self.i, op.step, op.round, st, op.loss, op.metrics)
-            if not self.server_alg and self.rec.is_eval(op.step):
-                snap = np.array([st.__dict__[c][k] for c in COUNTERS], dtype=np.float64)
-                self.dog.busy(f"the evaluation gather of step {op.step} ({self.where})")
-                got = self.tr.gather_eval(op.x.detach(), snap)
+            if not self.server_alg:
+                self.dog.busy(f"the evaluation gather of step {step}")
+                got = self.tr.gather_eval(op.x.detach(), self.ctr.snapshot())
                 self.dog.idle()
                 if got is not None:
                     X, C = got
-                    self.rec.consensus(op.step, op.round, X, dict(zip(COUNTERS, C.T)))
+                    rec.consensus(step, op.round, X, dict(zip(COUNTERS, C.T)))
+        finally:
+            self.clock.resume()
         return None
+
+
+def add_worker_counters(rows: list[dict]) -> None:
+    """Server algorithms: the server's consensus rows hold the server's own counters; add
+    each worker's counters as of that moment (its latest row with ``time_s`` not after the
+    server's), so that the row sums over all ranks like SimPy's. Resolution: ``log_every``."""
+    import bisect
+
+    per: dict[int, list[dict]] = {}
+    for r in rows:
+        if r["worker"] >= 0:
+            per.setdefault(r["worker"], []).append(r)
+    for w in per.values():
+        w.sort(key=lambda r: r["time_s"])
+    times = {k: [r["time_s"] for r in w] for k, w in per.items()}
+    for row in rows:
+        if row["worker"] != -1 or row["step"] == 0:
+            continue
+        for k, w in per.items():
+            j = bisect.bisect_right(times[k], row["time_s"]) - 1
+            if j >= 0:
+                for c in COUNTERS[1:]:
+                    row[c] += w[j][c]
 
 
 def _now() -> str:
@@ -372,15 +464,22 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     root = tr.rank == 0
     done = bool(not force and run_status(run_dir) == "finished" and (run_dir / METRICS).exists()) if root else None
     if tr.bcast_obj(done):
+        tr.close()
         return run_dir, False
     alg = algorithms.get(cfg.algorithm["name"])
     server = bool(getattr(alg, "has_server", False))
     needed = cfg.n_workers + server
-    if tr.size != needed:
+    msg = None
+    if getattr(cfg, "faults", None):
+        msg = (f"faults: crash injection is simulated (backend simpy or stacked); a {cfg.backend} run has real "
+               "failures only; remove faults: from the config")
+    elif tr.size != needed:
         launch = {"mpi": f"mpiexec -n {needed}", "torch": f"torchrun --nproc-per-node {needed}"}[cfg.backend]
-        what = f"1 server + {cfg.n_workers} workers" if server else f"one per worker"
+        what = f"1 server + {cfg.n_workers} workers" if server else "one per worker"
         msg = (f"n_workers: {cfg.algorithm['name']} with n_workers={cfg.n_workers} needs {needed} ranks ({what}), "
-               f"but {tr.size} were started; launch with `{launch} ...` or --set n_workers={tr.size - server}")
+               f"but {tr.size} {'was' if tr.size == 1 else 'were'} started; "
+               f"launch with `{launch} ...` or --set n_workers={tr.size - server}")
+    if msg:  # every rank sees the same mistake; rank 0 says it
         if root:
             raise ConfigError(msg)
         raise SystemExit(2)
@@ -397,29 +496,38 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         drv = state["driver"]
         where = f" ({drv.where})" if drv is not None else ""
         msg = f"rank {tr.rank}{where} failed: {cause}"
-        if tb:
+        # The first failure is the cause; ranks that fail because a peer died (connection
+        # closed, ...) must not overwrite it. The failing rank writes before it exits, so
+        # its peers notice only afterwards.
+        first = run_status(run_dir) != "failed"
+        if tb and first:
             sys.stderr.write(tb)
-        sys.stderr.write(f"harness: error: {msg} [run {cfg.run_id}, {tr.size} ranks]\n")
+        note = "" if first else "; another rank failed first, its cause is in run.json"
+        sys.stderr.write(f"harness: error: {msg} [run {cfg.run_id}, {tr.size} ranks{note}]\n")
         sys.stderr.flush()
-        try:
-            write_json({**record, "status": "failed", "error": msg, "finished": _now()}, run_dir / RUN_JSON)
-        except Exception:
-            pass
+        if first:
+            try:
+                write_json({**record, "status": "failed", "error": msg, "finished": _now()}, run_dir / RUN_JSON)
+            except Exception:
+                pass
         tr.abort(msg)
         os._exit(1)  # abort() does not return; this is a last resort
 
     try:
         drv = state["driver"] = RankDriver(cfg, tr, on_timeout=lambda why: fail(why))
         final = drv.run()
+        if root:
+            drv.rec.finish()  # test metrics of the consensus rows, off the clock
         mine = {"rank": tr.rank, "role": drv.role, "index": drv.i, "rows": drv.rec.rows, "host": socket.gethostname(),
                 "final": final.detach().cpu() if save_params else None}
         parts = tr.gather_obj(mine)
         if root:
-            drv.rec.finish()
             parts.sort(key=lambda p: p["rank"])
             import pandas as pd
 
             rows = [r for p in parts for r in p["rows"]]
+            if drv.server_alg:
+                add_worker_counters(rows)
             df = pd.DataFrame(rows).sort_values(["step", "worker"], kind="stable").reset_index(drop=True)
             write_table(df, run_dir / METRICS)
             if save_params:
