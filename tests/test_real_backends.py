@@ -33,7 +33,18 @@ CI = os.environ.get("CI", "").lower() == "true"
 
 PLUGIN = '''
 from harness.algorithms import register
-from harness.ops import AllGather, AllReduce, Compute, Grad, Rand, Record
+from harness.ops import AllGather, AllReduce, Compute, Grad, Rand, Record, Start, Wait
+
+
+@register("overlap_sgd")
+def overlap_sgd(ctx, x, *, lr: float = 0.1):
+    """Non-blocking collective: average the model while taking the next gradient."""
+    for t in range(ctx.steps):
+        h = yield Start(AllReduce(x))
+        loss, g = yield Grad(x)
+        x = (yield Wait(h)) - lr * g
+        yield Record(step=t + 1, x=x, loss=loss)
+    return x
 
 
 @register("probe_sgd")
@@ -69,6 +80,11 @@ CASES = {
     "local_sgd": small("local_sgd"),
     "dpsgd_ring": small("dpsgd"),
     "dpsgd_one_peer_exp": small("dpsgd", topology={"name": "one_peer_exponential"}),
+    # issue [5]'s lock-step methods, each with its defaults except a short period
+    **{name: small("sync_sgd", steps=16, algorithm={"name": name, **hp}) for name, hp in (
+        ("easgd", {}), ("lsgd", {}), ("mgrawa", {"tau": 4}), ("lgrawa", {"tau": 4}), ("dppf", {}),
+        ("diloco", {"period": 4}), ("palsgd", {"period": 4, "eta": 0.1}), ("post_local_sgd", {"switch": 4, "period": 4}),
+        ("qsr", {}))},
 }
 LOCKSTEP = list(CASES)
 
@@ -142,12 +158,15 @@ def real(request, tmp_path_factory):
     _plugin(tmp)
     probe = small("sync_sgd", algorithm={"name": "probe_sgd", "lr": 0.1})
     asyn = small("sync_sgd", n_workers=RANKS - 1, steps=40, eval_every=10, algorithm={"name": "async_sgd", "lr": 0.1})
-    config = _write_config(tmp / "real.yaml", [_dump(c) for c in [*CASES.values(), probe, asyn]])
+    overlap = small("sync_sgd", algorithm={"name": "overlap_sgd", "lr": 0.1})
+    more_async = [small("sync_sgd", n_workers=RANKS - 1, steps=40, eval_every=40, algorithm={"name": name, **hp})
+                  for name, hp in (("async_easgd", {"tau": 4}), ("async_local_sgd", {"period": 8}))]
+    config = _write_config(tmp / "real.yaml", [_dump(c) for c in [*CASES.values(), probe, asyn, overlap, *more_async]])
     out = tmp / "runs"
     proc = launch(backend, config, out, "--save-params")
     assert proc.returncode == 0, f"{backend} launch failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     cfgs = load(config, [f"backend={backend}"])  # also registers the plugin's algorithms here
-    names = [*CASES, "probe", "async_sgd"]
+    names = [*CASES, "probe", "async_sgd", "overlap", "async_easgd", "async_local_sgd"]
     return backend, out, dict(zip(names, cfgs)), proc
 
 
@@ -162,7 +181,7 @@ def _by(df):
     return df.sort_values(["worker", "step"]).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("case", [*LOCKSTEP, "probe"])
+@pytest.mark.parametrize("case", [*LOCKSTEP, "probe", "overlap"])
 def test_same_parameters_bytes_and_metrics_as_simpy(real, case):
     from harness.experiment import simulate
 
@@ -243,3 +262,13 @@ def test_wrong_number_of_ranks_is_one_clear_line(backend, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("harness: error:")]
     assert len(lines) == 1, proc.stderr
     assert "needs 5 ranks (1 server + 4 workers), but 4 were started" in lines[0]
+
+
+@pytest.mark.parametrize("name", ["async_easgd", "async_local_sgd"])
+def test_other_async_methods_learn_on_real_backends(real, name):
+    """Async EASGD and Asynchronous Local-SGD (which uses Rate) run with a server rank."""
+    backend, out, cfgs, _ = real
+    df, record, params = _read(out, cfgs[name])
+    ev = df[df.worker == -1].sort_values("step")
+    assert record["status"] == "finished" and params["server"] is not None
+    assert ev.test_acc.iloc[-1] > ev.test_acc.iloc[0] + 0.2, ev.test_acc.tolist()

@@ -20,7 +20,7 @@ PARAMS_FILE = "final_params.pt"
 def run_to_dir(cfg, out, force: bool = False, save_params: bool = False) -> tuple[Path, bool]:
     """Run ``cfg`` on this process's rank into ``out/<run_id>/``; every rank calls this.
     Returns ``(run_dir, ran)`` on every rank; only rank 0 writes files."""
-    from harness.backends.rank import run_rank
+    from harness.backends.runner import run_rank
 
     if cfg.backend == "mpi":
         from harness.backends.mpi import MPITransport as transport

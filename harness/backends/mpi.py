@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from harness.backends.rank import HEADER_LEN, Transport, from_header, header
+from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
 GOSSIP_TAGS = 32767  # MPI guarantees tags up to at least 32767
 

@@ -14,6 +14,9 @@ run ends with the same parameters and the same table (counters aside from time):
 * ``Gossip``    non-blocking sends to ``W(step)``'s out-neighbours and receives from its
                 in-neighbours, then ``sum_j W[i, j] x_j`` over ``j`` in ascending order (the
                 SimPy expression, so float results are bit-identical).
+* ``Rate``      compute units done / compute seconds so far (wall clock).
+* ``Start/Wait`` the collective is completed at ``Start`` (same numbers as the simulators;
+                real overlap with computation is not implemented yet), ``Wait`` returns it.
 * ``Rand``      ``numpy.random.default_rng([seed, i, 17])``, the stream of
                 ``simulators.base.Simulator.draw`` (the server uses ``i = n_workers``).
 * ``Send/Recv`` buffered sends; receives from a rank or ``ANY`` source, any or one tag.
@@ -32,16 +35,8 @@ are computed after the run, so evaluation never shows up as training time. Bytes
 """
 from __future__ import annotations
 
-import operator
-import os
-import socket
 import statistics
-import sys
-import threading
 import time
-import traceback
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,159 +47,7 @@ from harness.backends.launch import op_timeout_s
 from harness.recording import COUNTERS, Recorder, Stats
 from harness.tasks import Sampler, build_task
 
-# dtype codes in point-to-point message headers
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-          torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)
-MAX_DIMS = 8
-HEADER_LEN = 3 + MAX_DIMS  # tag, dtype code, ndim, shape...
-
-
-def header(x: torch.Tensor, tag: int) -> list[int]:
-    if x.dim() > MAX_DIMS:
-        raise ValueError(f"Send: tensors of at most {MAX_DIMS} dimensions, got {x.dim()}")
-    if x.dtype not in DTYPES:
-        raise ValueError(f"Send: unsupported dtype {x.dtype}")
-    return [int(tag), DTYPES.index(x.dtype), x.dim(), *x.shape, *[0] * (MAX_DIMS - x.dim())]
-
-
-def from_header(h) -> tuple[int, torch.dtype, tuple[int, ...]]:
-    h = [int(v) for v in h]
-    return h[0], DTYPES[h[1]], tuple(h[3:3 + h[2]])
-
-
-class Transport:
-    """What a real backend provides. Ranks are world ranks; collectives and ``gather_eval``
-    span the *workers* (ranks ``setup`` was given; the root of ``gather_eval`` is the first
-    worker). Every method may block; ``abort`` never returns."""
-
-    name = "?"
-    rank = 0
-    size = 1
-    device = torch.device("cpu")
-
-    def setup(self, workers: list[int]) -> None: ...
-    def barrier(self) -> None: ...
-    def bcast_obj(self, obj): ...
-    def gather_obj(self, obj) -> list | None: ...
-    def allreduce_sum(self, x: torch.Tensor) -> torch.Tensor: ...
-    def allgather(self, x: torch.Tensor) -> torch.Tensor: ...
-    def exchange(self, x: torch.Tensor, outs: list[int], ins: list[int], tag: int) -> dict[int, torch.Tensor]: ...
-    def send(self, dst: int, x: torch.Tensor, tag: int) -> None: ...
-    def recv(self, src: int, tag: int | None) -> tuple[int, int, torch.Tensor, float]: ...
-    def gather_eval(self, x: torch.Tensor, counters: np.ndarray): ...
-    def finish(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self, msg: str) -> None: ...
-
-
-class Clock:
-    """Wall seconds since ``start``, minus the time spent between ``pause()`` and ``resume()``."""
-
-    def __init__(self):
-        self.start()
-
-    def start(self):
-        self.t0 = self.base = time.perf_counter()  # base = t0 + paused time so far
-        self._frozen = None
-
-    def now(self) -> float:
-        return (self._frozen or time.perf_counter()) - self.base
-
-    def pause(self):
-        self._frozen = time.perf_counter()
-
-    def resume(self):
-        self.base += time.perf_counter() - self._frozen
-        self._frozen = None
-
-    @contextmanager
-    def paused(self):
-        self.pause()
-        try:
-            yield
-        finally:
-            self.resume()
-
-
-class Watchdog:
-    """Aborts the job when one communication op blocks longer than ``timeout`` seconds,
-    so that a lost peer or mismatched collectives end the run instead of hanging it."""
-
-    def __init__(self, timeout: float, on_timeout):
-        self.timeout, self.on_timeout = timeout, on_timeout
-        self.current: tuple[str, float] | None = None
-        self._stop = threading.Event()
-        if timeout > 0:
-            threading.Thread(target=self._loop, daemon=True, name="harness-watchdog").start()
-
-    def busy(self, desc: str):
-        self.current = (desc, time.monotonic())
-
-    def idle(self):
-        self.current = None
-
-    def stop(self):
-        self._stop.set()
-
-    def _loop(self):
-        while not self._stop.wait(min(1.0, self.timeout / 4)):
-            cur = self.current
-            if cur and time.monotonic() - cur[1] > self.timeout:
-                self.on_timeout(f"no progress for {self.timeout:.0f} s in {cur[0]} (HARNESS_TIMEOUT_S)")
-                return
-
-
-_COUNTER_VALUES = operator.attrgetter(*COUNTERS)
-
-
-class Counters:
-    """This rank's cumulative counters as Python numbers (cheap to update on every op);
-    copied into a :class:`harness.recording.Stats` only when a row is written."""
-
-    __slots__ = COUNTERS
-
-    def __init__(self):
-        for c in COUNTERS:
-            setattr(self, c, 0 if c == "messages" else 0.0)
-
-    def add_traffic(self, t: comm.Traffic):
-        self.bytes_sent += t.sent
-        self.bytes_recv += t.recv
-        self.messages += t.messages
-
-    def into(self, stats: Stats, k: int) -> Stats:
-        for c in COUNTERS:
-            getattr(stats, c)[k] = getattr(self, c)
-        return stats
-
-    def snapshot(self) -> np.ndarray:
-        return np.array([getattr(self, c) for c in COUNTERS], dtype=np.float64)
-
-
-class DeferredRecorder(Recorder):
-    """A Recorder whose consensus rows get their test metrics after the run: the averaged
-    model is kept (``d`` numbers per evaluation step, rank 0 only) and evaluated in
-    :meth:`finish`. The rows are otherwise exactly :class:`Recorder`'s."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self._later: list[tuple[dict, torch.Tensor]] = []
-        self._evaluate = self.evaluate
-
-    def consensus(self, step, rnd, X, counters):
-        self.evaluate = lambda xbar: {}
-        try:
-            super().consensus(step, rnd, X, counters)
-        finally:
-            self.evaluate = self._evaluate
-        self._later.append((self.rows[-1], X.mean(0)))
-
-    def finish(self):
-        for row, xbar in self._later:
-            tail = {k: row.pop(k) for k in ("consensus_dist", "valley_width")}
-            row.update(self._evaluate(xbar))
-            row.update(tail)
-        self._later = []
+from harness.backends.transport import COUNTER_VALUES, Transport, Clock, Watchdog, Counters, DeferredRecorder
 
 
 class RankDriver:
@@ -239,7 +82,9 @@ class RankDriver:
         self.dog = Watchdog(op_timeout_s(), on_timeout)
         self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
                          ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                         ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record}
+                         ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
+                         ops.Rate: self._rate, ops.Start: self._start, ops.Wait: self._wait}
+        self.units, self.pending = 0.0, []  # compute units done (Rate); started collectives
         self.step_hint = 0  # last recorded step, for error messages
 
     @property
@@ -313,11 +158,13 @@ class RankDriver:
             raise ValueError("Grad: the server rank has no data shard; only workers compute gradients")
         out = self.task.loss_and_grad(op.x, self.sampler.worker(self.i, op.batches))
         self._hold_done()
+        self.units += op.batches
         return out
 
     def _compute(self, op):
         time.sleep(max(0.0, float(op.cost)) * self.t_unit)
         self._hold_done()
+        self.units += float(op.cost)
 
     def _comm(self, desc, fn, traffic: comm.Traffic | None = None, *args):
         """``fn(*args)`` timed as communication, under the watchdog."""
@@ -373,6 +220,19 @@ class RankDriver:
         w = topo.W(op.step)[i]
         return sum(float(w[j]) * got[j] for j in sorted(got))
 
+    def _rate(self, op):
+        busy = self.ctr.compute_s
+        return torch.tensor(self.units / busy if busy > 0 else 0.0, dtype=torch.float64)
+
+    def _start(self, op):
+        # The real backends complete the collective here (same numbers as the simulators,
+        # no overlap yet); Wait hands the result back.
+        self.pending.append({ops.AllReduce: self._allreduce, ops.AllGather: self._allgather}[type(op.op)](op.op))
+        return ops.Handle(len(self.pending) - 1)
+
+    def _wait(self, op):
+        return self.pending[op.handle.id]
+
     def _rand(self, op):
         return torch.tensor(self.rng.random(), dtype=torch.float64)
 
@@ -402,7 +262,7 @@ class RankDriver:
         ctr = self.ctr
         if self.role == "worker":
             loss = op.loss.item() if isinstance(op.loss, torch.Tensor) else op.loss
-            self.logged.append((step, op.round, _COUNTER_VALUES(ctr), loss, op.metrics))
+            self.logged.append((step, op.round, COUNTER_VALUES(ctr), loss, op.metrics))
         if not evaluate:
             return None
         self.clock.pause()
@@ -420,125 +280,3 @@ class RankDriver:
         finally:
             self.clock.resume()
         return None
-
-
-def add_worker_counters(rows: list[dict]) -> None:
-    """Server algorithms: the server's consensus rows hold the server's own counters; add
-    each worker's counters as of that moment (its latest row with ``time_s`` not after the
-    server's), so that the row sums over all ranks like SimPy's. Resolution: ``log_every``."""
-    import bisect
-
-    per: dict[int, list[dict]] = {}
-    for r in rows:
-        if r["worker"] >= 0:
-            per.setdefault(r["worker"], []).append(r)
-    for w in per.values():
-        w.sort(key=lambda r: r["time_s"])
-    times = {k: [r["time_s"] for r in w] for k, w in per.items()}
-    for row in rows:
-        if row["worker"] != -1 or row["step"] == 0:
-            continue
-        for k, w in per.items():
-            j = bisect.bisect_right(times[k], row["time_s"]) - 1
-            if j >= 0:
-                for c in COUNTERS[1:]:
-                    row[c] += w[j][c]
-
-
-def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bool = False) -> tuple[Path, bool]:
-    """Every rank calls this; rank 0 writes ``run.json`` and ``metrics.parquet``."""
-    from harness.backends import PARAMS_FILE
-    from harness.backends.launch import save_params as write_params
-    from harness.config import ConfigError
-    from harness.experiment import run_status, versions
-    from results.store import METRICS, RUN_JSON, write_json, write_table
-
-    run_dir = Path(out) / cfg.run_id
-    tr = transport_cls()
-    root = tr.rank == 0
-    done = bool(not force and run_status(run_dir) == "finished" and (run_dir / METRICS).exists()) if root else None
-    if tr.bcast_obj(done):
-        tr.close()
-        return run_dir, False
-    alg = algorithms.get(cfg.algorithm["name"])
-    server = bool(getattr(alg, "has_server", False))
-    needed = cfg.n_workers + server
-    msg = None
-    if getattr(cfg, "faults", None):
-        msg = (f"faults: crash injection is simulated (backend simpy or stacked); a {cfg.backend} run has real "
-               "failures only; remove faults: from the config")
-    elif tr.size != needed:
-        launch = {"mpi": f"mpiexec -n {needed}", "torch": f"torchrun --nproc-per-node {needed}"}[cfg.backend]
-        what = f"1 server + {cfg.n_workers} workers" if server else "one per worker"
-        msg = (f"n_workers: {cfg.algorithm['name']} with n_workers={cfg.n_workers} needs {needed} ranks ({what}), "
-               f"but {tr.size} {'was' if tr.size == 1 else 'were'} started; "
-               f"launch with `{launch} ...` or --set n_workers={tr.size - server}")
-    if msg:  # every rank sees the same mistake; rank 0 says it
-        if root:
-            raise ConfigError(msg)
-        raise SystemExit(2)
-
-    record = {"run_id": cfg.run_id, "status": "running", "error": None, "config": cfg.model_dump(),
-              "versions": versions(), "started": _now(), "finished": None, "world_size": tr.size,
-              "transport": tr.describe() if hasattr(tr, "describe") else tr.name}
-    if root:
-        write_json(record, run_dir / RUN_JSON)
-    t0 = time.perf_counter()
-    state = {"driver": None}
-
-    def fail(cause: str, tb: str = ""):
-        drv = state["driver"]
-        where = f" ({drv.where})" if drv is not None else ""
-        msg = f"rank {tr.rank}{where} failed: {cause}"
-        # The first failure is the cause; ranks that fail because a peer died (connection
-        # closed, ...) must not overwrite it. The failing rank writes before it exits, so
-        # its peers notice only afterwards.
-        first = run_status(run_dir) != "failed"
-        if tb and first:
-            sys.stderr.write(tb)
-        note = "" if first else "; another rank failed first, its cause is in run.json"
-        sys.stderr.write(f"harness: error: {msg} [run {cfg.run_id}, {tr.size} ranks{note}]\n")
-        sys.stderr.flush()
-        if first:
-            try:
-                write_json({**record, "status": "failed", "error": msg, "finished": _now()}, run_dir / RUN_JSON)
-            except Exception:
-                pass
-        tr.abort(msg)
-        os._exit(1)  # abort() does not return; this is a last resort
-
-    try:
-        drv = state["driver"] = RankDriver(cfg, tr, on_timeout=lambda why: fail(why))
-        final = drv.run()
-        if root:
-            drv.rec.finish()  # test metrics of the consensus rows, off the clock
-        mine = {"rank": tr.rank, "role": drv.role, "index": drv.i, "rows": drv.rec.rows, "host": socket.gethostname(),
-                "final": final.detach().cpu() if save_params else None}
-        parts = tr.gather_obj(mine)
-        if root:
-            parts.sort(key=lambda p: p["rank"])
-            import pandas as pd
-
-            rows = [r for p in parts for r in p["rows"]]
-            if drv.server_alg:
-                add_worker_counters(rows)
-            df = pd.DataFrame(rows).sort_values(["step", "worker"], kind="stable").reset_index(drop=True)
-            write_table(df, run_dir / METRICS)
-            if save_params:
-                workers = torch.stack([p["final"] for p in parts if p["role"] == "worker"])
-                server_x = next((p["final"] for p in parts if p["role"] == "server"), None)
-                write_params(run_dir / PARAMS_FILE, workers, server_x)
-            record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0,
-                          hosts=sorted({p["host"] for p in parts}))
-            write_json(record, run_dir / RUN_JSON)
-        tr.barrier()
-        tr.close()
-    except BaseException as e:  # noqa: BLE001 - every failure must end the whole job
-        fail(f"{type(e).__name__}: {e}", traceback.format_exc())
-    return run_dir, True

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from harness.backends.launch import DEFAULT_TIMEOUT_S, op_timeout_s, torch_env
-from harness.backends.rank import HEADER_LEN, Transport, from_header, header
+from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
 _STATE: dict = {}  # one process group per process, kept across runs
 HDR_TAG, PAYLOAD_TAG, GOSSIP_TAG0 = 0, 1, 2

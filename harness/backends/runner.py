@@ -1,0 +1,140 @@
+"""Run one rank end to end: build the driver, run it, gather rows to rank 0 and write the
+run directory atomically; on any error, report the rank and cause and abort the job."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import algorithms
+from harness.recording import COUNTERS
+
+from harness.backends.rank import RankDriver
+
+
+def add_worker_counters(rows: list[dict]) -> None:
+    """Server algorithms: the server's consensus rows hold the server's own counters; add
+    each worker's counters as of that moment (its latest row with ``time_s`` not after the
+    server's), so that the row sums over all ranks like SimPy's. Resolution: ``log_every``."""
+    import bisect
+
+    per: dict[int, list[dict]] = {}
+    for r in rows:
+        if r["worker"] >= 0:
+            per.setdefault(r["worker"], []).append(r)
+    for w in per.values():
+        w.sort(key=lambda r: r["time_s"])
+    times = {k: [r["time_s"] for r in w] for k, w in per.items()}
+    for row in rows:
+        if row["worker"] != -1 or row["step"] == 0:
+            continue
+        for k, w in per.items():
+            j = bisect.bisect_right(times[k], row["time_s"]) - 1
+            if j >= 0:
+                for c in COUNTERS[1:]:
+                    row[c] += w[j][c]
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bool = False) -> tuple[Path, bool]:
+    """Every rank calls this; rank 0 writes ``run.json`` and ``metrics.parquet``."""
+    from harness.backends import PARAMS_FILE
+    from harness.backends.launch import save_params as write_params
+    from harness.config import ConfigError
+    from harness.experiment import run_status, versions
+    from results.store import METRICS, RUN_JSON, write_json, write_table
+
+    run_dir = Path(out) / cfg.run_id
+    tr = transport_cls()
+    root = tr.rank == 0
+    done = bool(not force and run_status(run_dir) == "finished" and (run_dir / METRICS).exists()) if root else None
+    if tr.bcast_obj(done):
+        tr.close()
+        return run_dir, False
+    alg = algorithms.get(cfg.algorithm["name"])
+    server = bool(getattr(alg, "has_server", False))
+    needed = cfg.n_workers + server
+    msg = None
+    if getattr(cfg, "faults", None):
+        msg = (f"faults: crash injection is simulated (backend simpy or stacked); a {cfg.backend} run has real "
+               "failures only; remove faults: from the config")
+    elif tr.size != needed:
+        launch = {"mpi": f"mpiexec -n {needed}", "torch": f"torchrun --nproc-per-node {needed}"}[cfg.backend]
+        what = f"1 server + {cfg.n_workers} workers" if server else "one per worker"
+        msg = (f"n_workers: {cfg.algorithm['name']} with n_workers={cfg.n_workers} needs {needed} ranks ({what}), "
+               f"but {tr.size} {'was' if tr.size == 1 else 'were'} started; "
+               f"launch with `{launch} ...` or --set n_workers={tr.size - server}")
+    if msg:  # every rank sees the same mistake; rank 0 says it
+        if root:
+            raise ConfigError(msg)
+        raise SystemExit(2)
+
+    record = {"run_id": cfg.run_id, "status": "running", "error": None, "config": cfg.model_dump(),
+              "versions": versions(), "started": _now(), "finished": None, "world_size": tr.size,
+              "transport": tr.describe() if hasattr(tr, "describe") else tr.name}
+    if root:
+        write_json(record, run_dir / RUN_JSON)
+    t0 = time.perf_counter()
+    state = {"driver": None}
+
+    def fail(cause: str, tb: str = ""):
+        drv = state["driver"]
+        where = f" ({drv.where})" if drv is not None else ""
+        msg = f"rank {tr.rank}{where} failed: {cause}"
+        # The first failure is the cause; ranks that fail because a peer died (connection
+        # closed, ...) must not overwrite it. The failing rank writes before it exits, so
+        # its peers notice only afterwards.
+        first = run_status(run_dir) != "failed"
+        if tb and first:
+            sys.stderr.write(tb)
+        note = "" if first else "; another rank failed first, its cause is in run.json"
+        sys.stderr.write(f"harness: error: {msg} [run {cfg.run_id}, {tr.size} ranks{note}]\n")
+        sys.stderr.flush()
+        if first:
+            try:
+                write_json({**record, "status": "failed", "error": msg, "finished": _now()}, run_dir / RUN_JSON)
+            except Exception:
+                pass
+        tr.abort(msg)
+        os._exit(1)  # abort() does not return; this is a last resort
+
+    try:
+        drv = state["driver"] = RankDriver(cfg, tr, on_timeout=lambda why: fail(why))
+        final = drv.run()
+        if root:
+            drv.rec.finish()  # test metrics of the consensus rows, off the clock
+        mine = {"rank": tr.rank, "role": drv.role, "index": drv.i, "rows": drv.rec.rows, "host": socket.gethostname(),
+                "final": final.detach().cpu() if save_params else None}
+        parts = tr.gather_obj(mine)
+        if root:
+            parts.sort(key=lambda p: p["rank"])
+            import pandas as pd
+
+            rows = [r for p in parts for r in p["rows"]]
+            if drv.server_alg:
+                add_worker_counters(rows)
+            df = pd.DataFrame(rows).sort_values(["step", "worker"], kind="stable").reset_index(drop=True)
+            write_table(df, run_dir / METRICS)
+            if save_params:
+                workers = torch.stack([p["final"] for p in parts if p["role"] == "worker"])
+                server_x = next((p["final"] for p in parts if p["role"] == "server"), None)
+                write_params(run_dir / PARAMS_FILE, workers, server_x)
+            record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0,
+                          hosts=sorted({p["host"] for p in parts}))
+            write_json(record, run_dir / RUN_JSON)
+        tr.barrier()
+        tr.close()
+    except BaseException as e:  # noqa: BLE001 - every failure must end the whole job
+        fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+    return run_dir, True
