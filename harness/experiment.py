@@ -21,9 +21,9 @@ from harness.algorithms import Ctx
 from harness.config import RunConfig
 from harness.recording import Recorder
 from harness.tasks import Sampler, build_task
-from results.store import RUN_JSON, METRICS, write_json, write_table
+from results.schema import HP_PREFIX
+from results.store import METRICS, RUN_JSON, write_json, write_table
 
-HP_PREFIX = "hp."
 
 
 def versions() -> dict:
