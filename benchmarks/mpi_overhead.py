@@ -64,50 +64,45 @@ def run_harness_torch(MPI, comm, cfg):
     return drv.loop_s
 
 
+def _plain_loop(comm, cfg, allreduce_sum):
+    """Sync SGD without the harness: gradient, ``allreduce_sum(g)``, momentum step."""
+    from harness.tasks import Sampler, build_task
+    from harness.transforms import sgd
+
+    task = build_task(cfg.task, cfg.n_workers, cfg.seed)
+    sampler = Sampler(task.shards, task.batch_size, cfg.seed)
+    i, n = comm.rank, comm.size
+    x = task.init_params(cfg.seed)
+    opt = sgd(cfg.algorithm["lr"], cfg.algorithm["momentum"])
+    state = opt.init(x)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(cfg.steps):
+        loss, g = task.loss_and_grad(x, sampler.worker(i))
+        u, state = opt.update(allreduce_sum(g) / n, state, x)
+        x = x + u
+    return time.perf_counter() - t0
+
+
 def run_plain(MPI, comm, cfg):
     import torch
 
-    from harness.tasks import Sampler, build_task
-    from harness.transforms import sgd
-
-    task = build_task(cfg.task, cfg.n_workers, cfg.seed)
-    sampler = Sampler(task.shards, task.batch_size, cfg.seed)
-    i, n = comm.rank, comm.size
-    x = task.init_params(cfg.seed)
-    opt = sgd(cfg.algorithm["lr"], cfg.algorithm["momentum"])
-    state = opt.init(x)
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(cfg.steps):
-        loss, g = task.loss_and_grad(x, sampler.worker(i))
+    def allreduce_sum(g):
         out = torch.empty_like(g)
         comm.Allreduce(g.numpy(), out.numpy(), op=MPI.SUM)
-        u, state = opt.update(out / n, state, x)
-        x = x + u
-    return time.perf_counter() - t0
+        return out
+
+    return _plain_loop(comm, cfg, allreduce_sum)
 
 
 def run_gloo(MPI, comm, cfg):
-    import torch
     import torch.distributed as dist
 
-    from harness.tasks import Sampler, build_task
-    from harness.transforms import sgd
-
-    task = build_task(cfg.task, cfg.n_workers, cfg.seed)
-    sampler = Sampler(task.shards, task.batch_size, cfg.seed)
-    i, n = comm.rank, comm.size
-    x = task.init_params(cfg.seed)
-    opt = sgd(cfg.algorithm["lr"], cfg.algorithm["momentum"])
-    state = opt.init(x)
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(cfg.steps):
-        loss, g = task.loss_and_grad(x, sampler.worker(i))
+    def allreduce_sum(g):
         dist.all_reduce(g)
-        u, state = opt.update(g / n, state, x)
-        x = x + u
-    return time.perf_counter() - t0
+        return g
+
+    return _plain_loop(comm, cfg, allreduce_sum)
 
 
 def run_ddp(MPI, comm, cfg):
