@@ -51,6 +51,8 @@ from harness.backends.transport import COUNTER_VALUES, Transport, Clock, Watchdo
 
 
 class RankDriver:
+    on_op = None  # optional callback(op) before each op's handler: op traces for harness.backends.loopback
+
     def __init__(self, cfg, tr: Transport, on_timeout):
         import topologies
         from harness.experiment import meta_columns
@@ -118,6 +120,8 @@ class RankDriver:
             t = self.clock.now()
             self.ctr.compute_s += t - self.mark  # the algorithm's own maths
             self.mark = t
+            if self.on_op is not None:
+                self.on_op(op)
             handler = self.handlers.get(type(op))
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
