@@ -41,6 +41,17 @@ def add_worker_counters(rows: list[dict]) -> None:
                     row[c] += w[j][c]
 
 
+def rows_frame(parts: list[dict], server_alg: bool):
+    """The run's table from every rank's ``rows`` (parts in rank order), as rank 0 writes it;
+    pure, so that the in-process loopback backend builds the very same table."""
+    import pandas as pd
+
+    rows = [r for p in parts for r in p["rows"]]
+    if server_alg:
+        add_worker_counters(rows)
+    return pd.DataFrame(rows).sort_values(["step", "worker"], kind="stable").reset_index(drop=True)
+
+
 def _now() -> str:
     import datetime as dt
 
@@ -119,12 +130,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         parts = tr.gather_obj(mine)
         if root:
             parts.sort(key=lambda p: p["rank"])
-            import pandas as pd
-
-            rows = [r for p in parts for r in p["rows"]]
-            if drv.server_alg:
-                add_worker_counters(rows)
-            df = pd.DataFrame(rows).sort_values(["step", "worker"], kind="stable").reset_index(drop=True)
+            df = rows_frame(parts, drv.server_alg)
             write_table(df, run_dir / METRICS)
             if save_params:
                 workers = torch.stack([p["final"] for p in parts if p["role"] == "worker"])
