@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from topologies.base import Topology, check_int, fail, step_rng
+from topologies.catalog import sub_build
 from topologies.weights import check_scheme, mixing
 
 _SALT_MATCH = 0x6D61
@@ -27,20 +28,6 @@ def dynamic(name: str, n: int, graph_at, weights: str, period: int | None) -> To
     """A dynamic Topology whose step-t matrix is ``mixing(graph_at(t), weights)``."""
     return Topology(name, n, lambda step: mixing(graph_at(step), weights),
                     static=False, period=period, weights=weights)
-
-
-def sub_build(spec, n: int, seed: int, fld: str) -> Topology:
-    """Build a nested spec; its errors are renamed ``topology.<fld>.<field>``."""
-    from topologies.registry import build  # late import: registry imports this module
-    if spec is None or isinstance(spec, (list, tuple)):
-        raise fail(fld, f"needs one topology name or spec; got {spec!r}", f"set {fld} to e.g. 'ring'")
-    try:
-        return build(spec, n, seed)
-    except ValueError as e:  # TopologyError is a ValueError
-        msg = str(e)
-        if msg.startswith("topology."):
-            msg = f"topology.{fld}." + msg[len("topology."):]
-        raise type(e)(msg) from None
 
 
 def inherit(weights: str, base: Topology) -> str:

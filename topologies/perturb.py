@@ -23,7 +23,8 @@ import networkx as nx
 import numpy as np
 
 from topologies.base import Topology, check_int, check_prob, fail, step_rng
-from topologies.dynamic import dynamic, inherit, sub_build
+from topologies.catalog import sub_build
+from topologies.dynamic import dynamic, inherit
 
 _SALT_MATCHA, _SALT_FAIL, _SALT_CHURN = 0x6D74, 0x6661, 0x6368
 
