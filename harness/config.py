@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import algorithms, tasks
 from simulators.compute import ComputeSpec
 from simulators.faults import FaultSpec
-from simulators.network import NetworkSpec
+from harness.cost import NetworkSpec
 
 BACKENDS = ("simpy", "stacked", "mpi", "torch")  # mpi, torch: real backends (harness/backends/)
 
@@ -78,6 +78,7 @@ def resolve(raw: dict) -> RunConfig:
     name = alg.pop("name", None)
     try:
         cfg.algorithm = {"name": name, **algorithms.validate_params(name, alg)}
+        algorithms.check(name, cfg.algorithm, cfg.n_workers)
         cfg.task = tasks.task_params(cfg.task).model_dump()
     except ValidationError as e:
         err = e.errors()[0]

@@ -1,50 +1,122 @@
-"""The algorithm language: what an algorithm generator may ``yield``.
+"""The algorithm language: what an algorithm generator may ``yield``, and what each op means.
 
 An algorithm is a generator written from one worker's point of view. It yields these
 frozen dataclasses and receives their results; a backend (SimPy, stacked, MPI,
-torch.distributed) interprets them. An algorithm never reads a clock, a rank or a
-network: time and bytes belong to the backend.
+torch.distributed, loopback) interprets them. An algorithm never reads a clock, a rank or
+a network: time and bytes belong to the backend.
 
-Tensors in ops are *rank-polymorphic*: one worker's ``[d]`` vector on per-worker
-backends, or all workers' ``[n, d]`` stack on the stacked backend. Payloads are never
-modified in place, by algorithms or backends.
+**One meaning per op.** What an op computes lives on the op itself (``combine`` of the
+payloads in canonical order: worker index ascending; ``Gossip.mix``; the codec's
+round trip in :mod:`harness.codecs`) and what it costs lives in :mod:`harness.cost`;
+interpreters only synchronise (SimPy events, stacked max-plus clocks, real messages).
+So SimPy and stacked give bit-identical tables, also in float32.
 
-==============  =====================================================  ================
-op              meaning                                                result
-==============  =====================================================  ================
-Grad(x)         minibatch loss and gradient on this worker's shard     (loss, grad)
-Compute(cost)   local work with an abstract cost (units of one Grad)   None
-AllReduce(x)    reduce ``x`` over all workers ("mean" or "sum")        reduced tensor
-AllGather(x)    every worker's ``x``, stacked along a new first axis    ``[n, *x]``
-Gossip(x, step) ``sum_j W(step)[i, j] x_j`` over the graph's neighbours mixed tensor
-Rand()          a uniform draw from this worker's own random stream    ``[]``
-Rate()          this worker's measured compute rate so far (units/s)   ``[]``
-Start(op)       begin a collective without waiting (overlap)           :class:`Handle`
-Wait(handle)    finish it                                              the op's result
-Send(dst, x)    point-to-point message to rank ``dst`` (buffered)       None
-Recv(src)       next message from ``src`` (or ``ANY`` source)           :class:`Message`
-Record(...)     a row for the result table (the backend stamps it)     None
-==============  =====================================================  ================
+Tensors are *rank-polymorphic*: one worker's ``[d]`` vector on per-worker backends, all
+workers' ``[n, d]`` stack on the stacked one. Payloads are never modified in place.
+
+===================  ====================================================  =====================
+op                   meaning                                               result
+===================  ====================================================  =====================
+Grad(x, part=)       minibatch loss and gradient on this worker's shard    ``(loss, grad)``
+                     (or on data part ``part``; ``members=``: only they)
+Compute(cost)        local work with an abstract cost (units of one Grad)  None
+AllReduce(x)         reduce over the workers (``members=``: a subset;      reduced tensor, or
+                     ``quorum=k``: the first k arrivals; ``codec=``)        :class:`Quorum`
+AllGather(x)         every member's ``x`` stacked along a new first axis    ``[m, *x]``
+Gossip(x, step)      ``sum_j W(step)[i, j] x_j`` over the graph             mixed tensor
+Neighbors(step)      this worker's in/out peers in ``W(step)``              :class:`Peers`
+Put/Accumulate       write / add ``x`` into worker ``peer``'s window         None
+Get(peer)            read worker ``peer``'s window                          tensor
+Exchange(peer)       atomically average my window with ``peer``'s           the average
+Rand()               a uniform draw from this worker's own random stream   ``[]``
+Rate()               this worker's measured compute rate so far (units/s)  ``[]``
+Start(op), Wait(h)   begin a collective without waiting, finish it         Handle, op's result
+Send(dst, x)         point-to-point message to rank ``dst`` (buffered)      None
+Recv(src)            next message from ``src`` (or ``ANY`` source)          :class:`Message`
+Record(...)          a row for the result table (the backend stamps it)    None
+===================  ====================================================  =====================
+
+*Members.* ``members=`` is a tuple of worker indices or a boolean mask over workers
+(``[n]``, or ``[n, n]`` stacked with equal rows). Every worker yields the op; a
+non-member pays nothing, waits for nothing and gets its input back (``Grad``: loss NaN,
+gradient zero; ``AllGather``: zeros). Collectives over the same member set are matched
+by their sequence number within that set, never by step.
 
 Asynchronous methods use *roles*: an algorithm registered with ``server=True`` runs on
 ``n_workers + 1`` ranks; rank 0 (``SERVER``) has ``ctx.role == "server"``, ranks 1..n are
-workers (``ctx.index = rank - 1``). Such algorithms run on SimPy and the real backends; the
-stacked backend refuses them. Collectives then span the workers only.
+workers (``ctx.index = rank - 1``). Windows (``Put``/``Get``/``Accumulate``/``Exchange``)
+belong to workers and hold one model-shaped tensor each (the initial model until written).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
+import torch
 from torch import Tensor
 
+from harness import codecs
+from harness.cost import Cost, NetworkSpec
 
+ANY = -1  # Recv from any source
+SERVER = 0  # the server's rank in algorithms registered with server=True
+SELF = -2  # one-sided ops on this worker's own window
+
+
+# -- shared meaning -----------------------------------------------------------------------
+def member_ids(members, n: int) -> tuple[int, ...]:
+    """Canonical member set: ascending worker indices (all ``n`` when ``members`` is None)."""
+    if members is None:
+        return tuple(range(n))
+    if isinstance(members, Tensor):
+        m = members if members.dim() <= 1 else members.reshape(-1, members.shape[-1])[0]
+        if m.dtype == torch.bool:
+            if m.numel() != n:
+                raise ValueError(f"members: a mask needs one entry per worker ({n}), got {m.numel()}")
+            return tuple(int(i) for i in torch.nonzero(m).flatten().tolist())
+        members = m.flatten().tolist()
+    ids = tuple(sorted({int(i) for i in members}))
+    if not ids or ids[0] < 0 or ids[-1] >= n:
+        raise ValueError(f"members: need a non-empty subset of workers 0..{n - 1}, got {members!r}")
+    return ids
+
+
+def wire(x: Tensor, codec) -> tuple[Tensor, int]:
+    """One worker's payload as received (after the codec's round trip) and its bytes."""
+    c = codecs.parse(codec)
+    if c is None:
+        return x, x.numel() * x.element_size()
+    return c.roundtrip(x), (c.wire_bits(x) + 7) // 8
+
+
+def fold(terms: Sequence[Tensor]) -> Tensor:
+    """``t_0 + t_1 + ...`` left to right: the one summation order of every backend."""
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
+    return acc
+
+
+def mix(coefs: Sequence[Tensor], terms: Sequence[Tensor], valid: Sequence[Tensor] | None = None) -> Tensor:
+    """``sum_k coefs[k] * terms[k]`` left to right; ``valid[k]`` masks padded terms (stacked).
+    Elementwise, so one worker's ``[d]`` and a stacked ``[n, d]`` give the same bits."""
+    acc = coefs[0] * terms[0]
+    for k in range(1, len(terms)):
+        step = acc + coefs[k] * terms[k]
+        acc = step if valid is None else torch.where(valid[k], step, acc)
+    return acc
+
+
+# -- ops ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Grad:
-    """Compute the minibatch loss and gradient at ``x`` (costs ``batches`` compute units)."""
+    """Minibatch loss and gradient at ``x`` (costs ``batches`` compute units). ``part``: a
+    data part (shard index; ``[]`` or ``[n]`` tensor, or int) instead of the worker's own."""
 
     x: Tensor
     batches: int = 1
+    part: Any = None
+    members: Any = None
 
 
 @dataclass(frozen=True)
@@ -52,47 +124,133 @@ class Compute:
     """Spend ``cost`` compute units (one unit = one minibatch gradient) without data."""
 
     cost: float = 1.0
+    members: Any = None
+
+
+class Quorum(NamedTuple):
+    """Result of ``AllReduce(quorum=k)``: the value and which workers' payloads are in it
+    (a bool mask over workers, ``[n]``; ``[n, n]`` stacked)."""
+
+    value: Tensor
+    arrived: Tensor
 
 
 @dataclass(frozen=True)
 class AllReduce:
-    """Reduce ``x`` over all workers; every worker gets the result.
+    """Reduce ``x`` over the members; every member gets the result.
 
     ``quorum=k`` (backup workers, Chen et al. arXiv 1604.00981): reduce only the first ``k``
-    arrivals; the others' computation is cut short when the result is out, and they
-    continue from it. Ties in arrival time are broken by worker index."""
+    arrivals (ties: lower index first); the others' computation is cut short when the
+    result is out; the result is a :class:`Quorum`. ``codec``: payloads as received
+    through it (:mod:`harness.codecs`); a codec that cannot be summed is gathered."""
 
     x: Tensor
     op: str = "mean"
     quorum: int | None = None
+    members: Any = None
+    codec: Any = None
 
     def __post_init__(self):
         if self.op not in ("mean", "sum"):
             raise ValueError(f"AllReduce.op must be 'mean' or 'sum', got {self.op!r}")
+        codecs.parse(self.codec)
+
+    def combine(self, payloads: Sequence[Tensor]) -> Tensor:
+        """The reduction of the payloads (in ascending worker order)."""
+        total = fold(payloads)
+        return total / len(payloads) if self.op == "mean" else total
+
+    def cost(self, net: NetworkSpec, sizes: Sequence[int], ids: Sequence[int]) -> Cost:
+        c = codecs.parse(self.codec)
+        if c is not None and not c.summable:
+            return net.allgather_cost(sizes, ids)
+        return net.allreduce_cost(max(sizes), ids)
 
 
 @dataclass(frozen=True)
 class AllGather:
-    """Gather every worker's ``x``: the result is ``[n, *x.shape]`` on a per-worker backend
-    and ``[n, n, *row.shape]`` on the stacked one (each worker's own copy). Use it for small
-    things (losses, norms); priced as a ring all-gather."""
+    """Gather every member's ``x``: ``[m, *x.shape]`` per worker, ``[n, m, *row]`` stacked
+    (each worker's own copy). For small things (losses, norms); a ring all-gather."""
 
     x: Tensor
+    members: Any = None
+    codec: Any = None
+
+    def combine(self, payloads: Sequence[Tensor]) -> Tensor:
+        return torch.stack(list(payloads))
+
+    def cost(self, net: NetworkSpec, sizes: Sequence[int], ids: Sequence[int]) -> Cost:
+        return net.allgather_cost(sizes, ids)
 
 
-@dataclass(frozen=True)
-class Rand:
-    """A ``U[0, 1)`` draw per worker (``[]``, or ``[n]`` stacked), from the worker's own
-    seeded stream, so every backend draws the same numbers."""
+COLLECTIVES = (AllReduce, AllGather)
 
 
 @dataclass(frozen=True)
 class Gossip:
     """Mix ``x`` with the neighbours of the run's topology at ``step``:
-    ``x_i <- sum_j W(step)[i, j] x_j``. Costs one message per in-edge."""
+    ``x_i <- sum_j W(step)[i, j] x_j``, ``j`` ascending (own ``x`` uncoded, neighbours' through
+    ``codec``). Costs one message per out-edge. Matched per edge by sequence number."""
 
     x: Tensor
     step: int
+    codec: Any = None
+
+    mix = staticmethod(mix)
+
+
+class Peers(NamedTuple):
+    """In- and out-neighbours as bool masks over workers (``[n]``; ``[n, n]`` stacked)."""
+
+    ins: Tensor
+    outs: Tensor
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """This worker's peers in the topology at ``step`` (no communication)."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write ``x`` into worker ``peer``'s window (``SELF``: my own); the peer yields nothing."""
+
+    peer: Any
+    x: Tensor
+
+
+@dataclass(frozen=True)
+class Accumulate:
+    """Add ``x`` into worker ``peer``'s window, atomically."""
+
+    peer: Any
+    x: Tensor
+
+
+@dataclass(frozen=True)
+class Get:
+    """Read worker ``peer``'s window."""
+
+    peer: Any
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Atomic pairwise averaging (AD-PSGD): both my window and ``peer``'s become
+    ``(1 - weight) mine + weight theirs`` and ``weight mine + (1 - weight) theirs``; returns
+    my new window."""
+
+    peer: Any
+    weight: float = 0.5
+
+    @staticmethod
+    def combine(mine: Tensor, theirs: Tensor, weight: float) -> tuple[Tensor, Tensor]:
+        return (1 - weight) * mine + weight * theirs, weight * mine + (1 - weight) * theirs
+
+
+ONESIDED = (Put, Accumulate, Get, Exchange)
 
 
 class WorkerFailed(RuntimeError):
@@ -119,18 +277,23 @@ def retrying(op):
 
 
 @dataclass(frozen=True)
+class Rand:
+    """A ``U[0, 1)`` draw per worker (``[]``, or ``[n]`` stacked), from the worker's own
+    seeded stream, so every backend draws the same numbers."""
+
+
+@dataclass(frozen=True)
 class Rate:
-    """This worker's measured compute speed so far: compute units (minibatch gradients) per
-    second of its own compute time (simulated or wall clock). The one window onto time an
-    algorithm gets, for methods that adapt work to speed (e.g. dynamic local updates);
-    0 before the first computation."""
+    """This worker's measured compute speed so far: compute units per second of its own
+    compute time (simulated or wall clock); 0 before the first computation. The one
+    window onto time an algorithm gets (dynamic local updates)."""
 
 
 @dataclass(frozen=True)
 class Start:
     """Begin a collective (``AllReduce``/``AllGather``) and go on computing; its result comes
-    from ``Wait(handle)``. Only the part of the communication not hidden behind
-    computation shows up as communication/idle time."""
+    from ``Wait(handle)``. Only the part not hidden behind computation counts as
+    communication/idle time."""
 
     op: AllReduce | AllGather
 
@@ -145,18 +308,15 @@ class Wait:
     handle: Handle
 
 
-ANY = -1  # Recv from any source
-SERVER = 0  # the server's rank in algorithms registered with server=True
-
-
 @dataclass(frozen=True)
 class Send:
-    """Send ``x`` to rank ``dst`` with an integer ``tag``. Returns once the message has left
-    this rank (buffered send); the receiver gets it with :class:`Recv`."""
+    """Send ``x`` to rank ``dst`` with an integer ``tag`` (buffered: returns once the
+    message has left this rank); ``codec``: the receiver gets the round-tripped payload."""
 
     dst: int
     x: Tensor
     tag: int = 0
+    codec: Any = None
 
 
 @dataclass(frozen=True)
@@ -179,15 +339,25 @@ class Message:
 class Record:
     """A row for the result table at ``step``.
 
-    ``x`` is this worker's current model (the backend averages the workers' models into
-    the consensus model at evaluation steps); ``loss`` its latest minibatch loss;
-    ``metrics`` extra numeric columns (per worker)."""
+    ``x`` is this worker's current model; at evaluation steps the backend averages the
+    workers' ``eval_x`` (default ``x``) into the evaluated model (EASGD's centre, LSGD's
+    leader), while the consensus distance always measures the spread of ``x``. ``loss``:
+    the latest minibatch loss; ``metrics``: extra numeric columns. On a server,
+    ``staleness=s, src=rank`` makes an ``update`` row instead (one per applied update)."""
 
     step: int
     x: Tensor
     loss: Tensor | float | None = None
     round: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    eval_x: Tensor | None = None
+    staleness: float | None = None
+    src: int | None = None
 
 
-Op = Grad | Compute | AllReduce | AllGather | Gossip | Rand | Rate | Start | Wait | Send | Recv | Record
+Op = (Grad | Compute | AllReduce | AllGather | Gossip | Neighbors | Put | Accumulate | Get | Exchange | Rand | Rate
+      | Start | Wait | Send | Recv | Record)
+
+# What each op needs from a backend, by feature name (see harness.capabilities).
+FEATURES = {Gossip: "gossip", Neighbors: "gossip", Send: "p2p", Recv: "p2p", Start: "overlap", Wait: "overlap",
+            Put: "onesided", Accumulate: "onesided", Get: "onesided", Exchange: "onesided"}

@@ -4,7 +4,8 @@ Every backend owns one :class:`Stats` (a struct of ``[n]`` arrays: clock and cum
 compute/comm/idle seconds, bytes, messages) and one :class:`Recorder`. Worker rows are
 written every ``log_every`` steps. At evaluation steps (every ``eval_every`` steps, the
 first and the last) the recorder averages the workers' models into the consensus model
-once all workers have reported that step, and writes a ``worker = -1`` row with test
+(evaluating the models an algorithm names with ``Record(eval_x=...)``: EASGD's centre,
+LSGD's leader) once all workers have reported that step, and writes a ``worker = -1`` row with test
 metrics, the consensus distance ``mean_i ||x_i - x_bar||^2``, the valley width
 ``mean_i ||x_i - x_bar||``, counters summed over
 workers and the latest worker clock.
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.comm import Traffic
+from harness.cost import Traffic
 
 COUNTERS = ("time", "compute_s", "comm_s", "idle_s", "bytes_sent", "bytes_recv", "messages")
 
@@ -87,14 +88,15 @@ class Recorder:
         for step in sorted(self._pending):
             self._complete(step, stats)
 
-    def offer(self, i: int, step: int, rnd: int, x: torch.Tensor, stats: Stats):
-        """Worker ``i`` reached ``step`` with model ``x``; evaluate once all have."""
+    def offer(self, i: int, step: int, rnd: int, x: torch.Tensor, stats: Stats, e: torch.Tensor | None = None):
+        """Worker ``i`` reached ``step`` with model ``x`` (and model to evaluate ``e``);
+        evaluate once all have."""
         if not self.is_eval(step):
             return
         # Snapshot the counters now: other workers may already be further on when the
         # last one arrives, and the row must not depend on the backend's visiting order.
         got = self._pending.setdefault(step, {})
-        got[i] = (x, [stats.__dict__[c][i].item() for c in COUNTERS], rnd)
+        got[i] = (x, [stats.__dict__[c][i].item() for c in COUNTERS], rnd, x if e is None else e)
         self._complete(step, stats)
 
     def _complete(self, step, stats):
@@ -105,16 +107,27 @@ class Recorder:
         live = sorted(self.alive)
         X = torch.stack([got[j][0] for j in live])
         snap = np.array([got[j][1] for j in live]).T
-        self.consensus(step, got[live[0]][2], X, dict(zip(COUNTERS, snap)))
+        E = torch.stack([got[j][3] for j in live])
+        self.consensus(step, got[live[0]][2], X, dict(zip(COUNTERS, snap)), E)
 
-    def consensus(self, step: int, rnd: int, X: torch.Tensor, counters: dict):
-        """Consensus row from the stacked models and per-worker counters ``[n]`` each."""
+    def update(self, i: int, step: int, staleness: float, stats: Stats, slot: int):
+        """An ``update`` row: the server applied worker ``i``'s contribution, ``staleness``
+        versions old (server counters ``slot``)."""
+        row = {**self.meta, "worker": i, "event": "update", "step": step, "round": -1,
+               "time_s": float(stats.time[slot]), "staleness": float(staleness)}
+        row.update({c: stats.__dict__[c][slot].item() for c in COUNTERS[1:]})
+        self.rows.append(row)
+
+    def consensus(self, step: int, rnd: int, X: torch.Tensor, counters: dict, E: torch.Tensor | None = None):
+        """Consensus row from the stacked models, per-worker counters ``[n]`` each and the
+        models to evaluate ``E`` (default ``X``)."""
         xbar = X.mean(0)
+        ebar = xbar if E is None else E.mean(0)
         row = {**self.meta, "worker": -1, "event": "eval", "step": step, "round": rnd,
                "time_s": float(np.max(counters["time"]))}
         for c in COUNTERS[1:]:
             row[c] = float(np.sum(counters[c]))
-        row.update(self.evaluate(xbar))
+        row.update(self.evaluate(ebar))
         sq = ((X - xbar) ** 2).sum(-1)
         row["consensus_dist"] = sq.mean().item()
         row["valley_width"] = sq.sqrt().mean().item()

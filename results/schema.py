@@ -28,7 +28,7 @@ COLUMNS: dict[str, str] = {
     "n_workers": "int64",
     "seed": "int64",
     "worker": "int64",
-    "event": "string",  # "step" (normal record), "eval" (consensus row), "failed", "recovered"
+    "event": "string",  # "step" (normal record), "eval" (consensus row), "update" (server), "failed", "recovered"
     "step": "int64",
     "round": "int64",
     "time_s": "float64",
@@ -41,8 +41,10 @@ COLUMNS: dict[str, str] = {
     "train_loss": "float64",
     "test_loss": "float64",
     "test_acc": "float64",
+    "test_ppl": "float64",  # language-model tasks: exp(test_loss), per token
     "consensus_dist": "float64",  # mean_i ||x_i - x_bar||^2
     "valley_width": "float64",  # mean_i ||x_i - x_bar|| (DPPF's measure)
+    "staleness": "float64",  # update rows: versions of the server model since the worker's pull
 }
 
 HP_PREFIX = "hp."

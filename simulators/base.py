@@ -1,10 +1,10 @@
 """What both simulated backends share: the run's parts and the op-independent accounting.
 
-A backend is an *interpreter* of ``harness.ops``. Both simulated backends price compute
-with a :class:`~simulators.compute.ComputeTimes` model and messages with a
-:class:`~simulators.network.NetworkSpec`, count bytes with ``harness.comm`` and write rows
-through one :class:`~harness.recording.Recorder`, so they agree to the last bit on time and
-bytes and to rounding error on parameters.
+A backend is an *interpreter* of ``harness.ops``: the ops say what is computed, the cost
+model (:mod:`harness.cost`) what it costs. Both simulated backends price compute with a
+:class:`~simulators.compute.ComputeTimes` model and write rows through one
+:class:`~harness.recording.Recorder`, so they agree to the last bit on time, bytes and
+parameters.
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from harness import ops
 from harness.algorithms import Ctx
+from harness.cost import NetworkSpec
 from harness.recording import Recorder, Stats
 from harness.tasks import Sampler, Task
 from simulators.compute import ComputeTimes
 from simulators.faults import FaultSchedule
-from simulators.network import NetworkSpec
 from topologies import Topology
 
 
@@ -80,6 +81,22 @@ class Simulator:
             raise BackendError(f"topology: algorithm {self.run.algorithm.algorithm_name!r} yields Gossip; "
                                "set topology: {name: ring} in the config")
         return self.run.topology
+
+    def peers(self, w: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """In/out-neighbour masks of worker ``w`` at ``step`` (``Neighbors``)."""
+        W = self.topology().W(step)
+        off = ~np.eye(self.n, dtype=bool)[w]
+        return torch.as_tensor((W[w] > 0) & off), torch.as_tensor((W[:, w] > 0) & off)
+
+    def batches(self, op: ops.Grad, ids) -> list[torch.Tensor]:
+        """Minibatch indices of workers ``ids`` for ``op`` (own shard, or ``op.part``: an
+        int, or a ``[]``/``[n]`` tensor of parts)."""
+        part = op.part
+        if part is None:
+            return [self.run.sampler.draw(i, None, op.batches) for i in ids]
+        if not isinstance(part, torch.Tensor) or part.dim() == 0:
+            return [self.run.sampler.draw(i, int(part), op.batches) for i in ids]
+        return [self.run.sampler.draw(i, int(part[i]), op.batches) for i in ids]
 
     def start(self, x0: torch.Tensor):
         """Record the initial model (step 0) before any op."""

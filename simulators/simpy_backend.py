@@ -1,15 +1,19 @@
 """Event-driven simulation on SimPy: one SimPy process per worker, virtual time.
 
 Each worker runs its own instance of the algorithm generator on its ``[d]`` model. The
-driver forwards every yielded op to a handler that is itself a SimPy generator:
+driver forwards every yielded op to a handler that is itself a SimPy generator. The
+handlers only *synchronise*; what an op computes comes from the op (``combine``, ``mix``,
+codecs) and what it costs from :mod:`harness.cost`:
 
-* ``Grad``/``Compute``: hold the worker for a drawn compute time;
-* ``AllReduce``: a barrier keyed by the worker's collective count; the last arrival
-  computes the result, everybody leaves at ``max_j T_j + ring cost``;
+* ``Grad``/``Compute``: hold the worker for a drawn compute time (members only);
+* collectives: a barrier keyed by (member set, sequence number within that set); the
+  last (or ``quorum``-th) arrival combines the payloads in worker order, everybody leaves
+  ``cost`` seconds later;
 * ``Gossip``: send the model to each out-neighbour (arrives after ``alpha + b/beta``),
-  wait for every in-neighbour's message of the same step, mix with ``W(step)``.
+  wait for every in-neighbour's message with the same per-edge sequence number, mix;
+* one-sided ops: the initiator spends the op's cost, then reads/writes the target's
+  window atomically (the target yields nothing).
 
-Messages are tagged by step, so a worker that runs ahead never mixes the wrong round.
 Algorithms registered with ``server=True`` run on ``n + 1`` ranks: rank 0 is the server,
 rank ``r >= 1`` is worker ``r - 1``; collectives span the workers. ``Send``/``Recv`` with
 NIC contention live in :mod:`simulators.simpy_p2p`.
@@ -21,8 +25,8 @@ from dataclasses import replace
 import simpy
 import torch
 
-from harness import comm, ops
-from simulators.base import Simulator
+from harness import ops
+from simulators.base import BackendError, Simulator
 from simulators.simpy_p2p import P2PMixin
 
 
@@ -34,6 +38,7 @@ class _Collective:
     def __init__(self, env):
         self.done = env.event()
         self.payloads: dict[int, torch.Tensor] = {}
+        self.sizes: dict[int, int] = {}
         self.arrivals = 0
         self.started = False
         self.failed: ops.WorkerFailed | None = None
@@ -46,15 +51,25 @@ class SimPyBackend(P2PMixin, Simulator):
         self.env = simpy.Environment()
         self.start(x0)
         self.final: dict[int, torch.Tensor] = {}
-        self.coll_count = [0] * self.ranks
-        self.collectives: dict[int, _Collective] = {}
+        self.seq: dict[tuple, int] = {}  # (member set, worker) -> collectives done over that set
+        self.sent: dict[tuple, int] = {}  # (src, dst) -> gossip messages sent on that edge
+        self.got: dict[tuple, int] = {}  # (src, dst) -> gossip messages received on that edge
+        self.collectives: dict[tuple, _Collective] = {}
         self.mailboxes = [simpy.FilterStore(self.env) for _ in range(self.ranks)]
+        self.windows = [x0.clone() for _ in range(self.n)]
         self._link_cache = {}
         self._init_p2p()
         self.holding = [None] * self.ranks  # when each rank's current compute ends
-        self.n_alive = self.n
+        self.alive = set(range(self.n))
         self.handles = [[] for _ in range(self.ranks)]
         self.units = [0.0] * self.ranks  # compute units done, for Rate
+        self.all_ids = tuple(range(self.n))
+        self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._collective,
+                         ops.AllGather: self._collective, ops.Gossip: self._gossip, ops.Rand: self._rand,
+                         ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
+                         ops.Start: self._start, ops.Wait: self._wait, ops.Rate: self._rate,
+                         ops.Neighbors: self._neighbors, ops.Put: self._onesided, ops.Accumulate: self._onesided,
+                         ops.Get: self._onesided, ops.Exchange: self._onesided}
         self.procs = procs = [self.env.process(self._process(r, x0.clone())) for r in range(self.ranks)]
         self.env.run()
         stuck = [r for r, p in enumerate(procs) if not p.triggered]
@@ -67,10 +82,6 @@ class SimPyBackend(P2PMixin, Simulator):
         ctx = replace(self.run.ctx, index=torch.tensor(max(self.w(r), 0)), rank=r,
                       role="server" if self.w(r) < 0 else "worker")
         gen = self.run.algorithm(ctx, x, **self.run.params)
-        handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
-                    ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                    ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
-                    ops.Start: self._start, ops.Wait: self._wait, ops.Rate: self._rate}
         value, failure = None, None
         while True:
             try:
@@ -79,14 +90,22 @@ class SimPyBackend(P2PMixin, Simulator):
                 self.final[r] = stop.value
                 return
             failure = None
+            handler = self.handlers.get(type(op))
+            if handler is None:
+                raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
             try:
-                value = yield from handlers[type(op)](r, op)
+                value = yield from handler(r, op)
             except ops.WorkerFailed as e:  # the algorithm decides: thrown in at its yield point
                 failure = e
             except _Dead:
                 gen.close()
                 return
 
+    def _member(self, r, op) -> tuple[tuple[int, ...], bool]:
+        ids = self.all_ids if op.members is None else ops.member_ids(op.members, self.n)
+        return ids, self.w(r) in ids
+
+    # -- compute ---------------------------------------------------------------------------
     def _hold(self, r, cost):
         w, now = self.w(r), self.env.now
         dt, down = self.compute_seconds(w, now, cost) if w >= 0 else (self.run.compute.mean_s * cost, 0.0)
@@ -106,70 +125,85 @@ class SimPyBackend(P2PMixin, Simulator):
         self.stats.time[r] = self.env.now
 
     def _grad(self, r, op):
-        if self.w(r) < 0:
+        w = self.w(r)
+        if w < 0:
             raise ValueError("Grad: the server has no data; only workers compute gradients")
-        out = self.run.task.loss_and_grad(op.x, self.run.sampler.worker(self.w(r), op.batches))
+        if not self._member(r, op)[1]:
+            return torch.tensor(float("nan"), dtype=op.x.dtype), torch.zeros_like(op.x)
+        out = self.run.task.loss_and_grad(op.x, self.batches(op, [w])[0], w)
         yield from self._hold(r, op.batches)
         return out
 
-    def _compute(self, i, op):
-        yield from self._hold(i, op.cost)
+    def _compute(self, r, op):
+        if self._member(r, op)[1]:
+            yield from self._hold(r, op.cost)
 
-    def _allreduce(self, i, op, pending=False):
-        nbytes = comm.payload_bytes(op.x, stacked=False)
-        reduce = (lambda t: t.mean(0)) if op.op == "mean" else (lambda t: t.sum(0))
-        return (yield from self._collective(i, op.x, reduce, comm.ring_allreduce(nbytes, self.n),
-                                            self.run.network.allreduce_time(nbytes, self.n), op.quorum, pending))
-
-    def _allgather(self, i, op, pending=False):
-        nbytes = comm.payload_bytes(op.x, stacked=False)
-        return (yield from self._collective(i, op.x, lambda t: t, comm.ring_allgather(nbytes, self.n),
-                                            self.run.network.ring_allgather(nbytes, self.n), None, pending))
-
+    # -- collectives -----------------------------------------------------------------------
     def _start(self, r, op):
         """Arrive at the collective now, hand back a handle; ``_wait`` collects."""
-        gen = {ops.AllReduce: self._allreduce, ops.AllGather: self._allgather}[type(op.op)](r, op.op, pending=True)
-        pending = next(gen)  # runs the arrival, stops where the blocking version would wait
+        if not isinstance(op.op, ops.COLLECTIVES):
+            raise BackendError(f"Start: only AllReduce/AllGather can be started, got {type(op.op).__name__}")
+        gen = self._collective(r, op.op, pending=True)
+        try:
+            pending = next(gen)  # runs the arrival, stops where the blocking version would wait
+        except StopIteration as stop:  # a non-member: nothing to wait for
+            pending, gen = None, stop.value
         self.handles[r].append((gen, pending))
         return ops.Handle(len(self.handles[r]) - 1)
         yield  # a handler is a generator even when it never waits
 
     def _wait(self, r, op):
-        gen, (event, cost) = self.handles[r][op.handle.id]
+        gen, pending = self.handles[r][op.handle.id]
+        if pending is None:
+            return gen
+        event, c = pending
         arrived = self.env.now
         result = yield event
-        self.stats.finish_comm(r, arrived, self.env.now, cost)
+        self.stats.finish_comm(r, arrived, self.env.now, c.cost.seconds)
         try:
             gen.send(result)
         except StopIteration as stop:
             return stop.value
 
-    def _collective(self, i, x, combine, traffic, cost, quorum=None, pending=False):
-        """A barrier keyed by the worker's collective count: the ``quorum``-th (default: last)
-        arrival combines the payloads in; everybody leaves ``cost`` seconds after it."""
-        key = self.coll_count[i]
-        self.coll_count[i] += 1
+    def _collective(self, r, op, pending=False):
+        """A barrier keyed by (member set, this worker's count of collectives over it): the
+        ``quorum``-th (default: last) arrival combines the payloads in; everybody leaves
+        ``cost`` seconds after it."""
+        ids, member = self._member(r, op)
+        quorum = getattr(op, "quorum", None)
+        if not member:
+            return torch.zeros((len(ids), *op.x.shape), dtype=op.x.dtype) if isinstance(op, ops.AllGather) else op.x
+        w = self.w(r)
+        seq = self.seq.get((ids, w), 0)
+        self.seq[(ids, w)] = seq + 1
+        key = (ids, seq)
         c = self.collectives.setdefault(key, _Collective(self.env))
         if c.failed is not None:
             raise c.failed
         c.arrivals += 1
         if not c.started:
-            c.payloads[self.w(i)] = x
+            c.payloads[w], c.sizes[w] = ops.wire(op.x, op.codec)
         arrived = self.env.now
-        if c.arrivals == min(quorum or self.n, self.n_alive):
+        live = [i for i in ids if i in self.alive]
+        if c.arrivals == min(quorum or len(ids), len(live)):
             c.started = True
-            result = combine(torch.stack([c.payloads[j] for j in sorted(c.payloads)]))
-            self.env.process(self._succeed_later(c.done, cost, result, key if quorum else None))
-        if c.arrivals == self.n_alive:
+            got = sorted(c.payloads)
+            value = op.combine([c.payloads[j] for j in got])
+            size = max(c.sizes.values())
+            c.cost = op.cost(self.run.network, [c.sizes.get(j, size) for j in ids], ids)
+            if quorum:
+                value = ops.Quorum(value, torch.tensor([i in c.payloads for i in range(self.n)]))
+            self.env.process(self._succeed_later(c.done, c.cost.seconds, value, key if quorum else None))
+        if c.arrivals == len(live):
             del self.collectives[key]
         if pending:  # non-blocking: Wait accounts for the exposed time, then resumes us
-            self.stats.add_traffic(i, traffic)
-            result = yield (c.done, cost)
-            return result.clone()
-        result = yield c.done
-        self.stats.add_traffic(i, traffic)
-        self.stats.finish_comm(i, arrived, self.env.now, cost)
-        return result.clone()
+            result = yield (c.done, c)  # the cost is known once the collective has started
+        else:
+            result = yield c.done
+        self.stats.add_traffic(r, c.cost.traffic[ids.index(w)])
+        if not pending:
+            self.stats.finish_comm(r, arrived, self.env.now, c.cost.seconds)
+        return result.clone() if isinstance(result, torch.Tensor) else ops.Quorum(result.value.clone(), result.arrived)
 
     def _crash(self, r, at):
         """Worker of rank ``r`` dies at ``at`` (policy continue): pending collectives fail."""
@@ -177,12 +211,12 @@ class SimPyBackend(P2PMixin, Simulator):
         yield self.env.timeout(at - self.env.now)
         w = self.w(r)
         self.stats.time[r] = at
-        self.n_alive -= 1
+        self.alive.discard(w)
         self.run.recorder.event(w, "failed", at, self.stats, slot=r)
         self.run.recorder.drop(w, self.stats)
-        # The first collective it never reached fails for everybody (same key on every
-        # survivor, so their collective counts stay aligned when they re-issue the op).
-        c = self.collectives.setdefault(self.coll_count[r], _Collective(self.env))
+        # The first collective over all workers it never reached fails for everybody (same
+        # key on every survivor, so their sequence numbers stay aligned when they re-issue).
+        c = self.collectives.setdefault((self.all_ids, self.seq.get((self.all_ids, w), 0)), _Collective(self.env))
         if not c.started:
             c.failed = ops.WorkerFailed(w, at)
             c.done.defused = True  # nobody may be waiting yet
@@ -192,27 +226,39 @@ class SimPyBackend(P2PMixin, Simulator):
     def _succeed_later(self, event, delay, value, quorum_key=None):
         yield self.env.timeout(delay)
         event.succeed(value)
-        if quorum_key is not None:  # late workers still computing for this round stop now
-            for r in range(self.offset, self.ranks):
-                if self.holding[r] is not None and self.coll_count[r] == quorum_key:
+        if quorum_key is not None:  # late members still computing for this round stop now
+            ids, seq = quorum_key
+            for w in ids:
+                r = w + self.offset
+                if self.holding[r] is not None and self.seq.get((ids, w), 0) == seq:
                     self.procs[r].interrupt()
 
-    def _gossip(self, i, op):
-        topo, w, o = self.topology(), self.w(i), self.offset
+    # -- gossip and peers ------------------------------------------------------------------
+    def _gossip(self, r, op):
+        topo, w, o = self.topology(), self.w(r), self.offset
+        if w < 0:
+            raise ValueError("Gossip: the server rank is not a node of the topology")
         outs, ins = topo.out_neighbors(w, op.step), topo.in_neighbors(w, op.step)
-        nbytes = comm.payload_bytes(op.x, stacked=False)
+        payload, nbytes = ops.wire(op.x, op.codec)
         L = self._links(nbytes)
         arrived = self.env.now
         for j in outs:
-            self.env.process(self._deliver(j + o, (op.step, w), op.x, L[j, w]))
-        got = {w: op.x}
+            k = self.sent.get((w, j), 0)
+            self.sent[(w, j)] = k + 1
+            self.env.process(self._deliver(j + o, (k, w), (payload, nbytes), L[j, w]))
+        got, sizes = {w: op.x}, {}
         for j in ins:
-            msg = yield self.mailboxes[i].get(lambda m, j=j: m[0] == (op.step, j))
-            got[j] = msg[1]
+            k = self.got.get((j, w), 0)
+            self.got[(j, w)] = k + 1
+            msg = yield self.mailboxes[r].get(lambda m, tag=(k, j): m[0] == tag)
+            got[j], sizes[j] = msg[1]
         row = topo.W(op.step)[w]
-        mixed = sum(float(row[j]) * got[j] for j in sorted(got))
-        self.stats.add_traffic(i, comm.gossip(nbytes, len(outs), len(ins)))
-        self.stats.finish_comm(i, arrived, self.env.now, max((L[w, j] for j in ins), default=0.0))
+        order = sorted(got)
+        mixed = op.mix([torch.tensor(float(row[j]), dtype=op.x.dtype) for j in order], [got[j] for j in order])
+        t = self.run.network.gossip(nbytes, len(outs), len(ins))
+        self.stats.add_traffic(r, t._replace(recv=float(sum(sizes.values()))))
+        slowest = max((self._links(sizes[j])[w, j] for j in ins), default=0.0)
+        self.stats.finish_comm(r, arrived, self.env.now, slowest)
         return mixed
 
     def _links(self, nbytes):
@@ -224,23 +270,58 @@ class SimPyBackend(P2PMixin, Simulator):
         yield self.env.timeout(delay)
         yield self.mailboxes[dst].put((tag, x))
 
+    def _neighbors(self, r, op):
+        return ops.Peers(*self.peers(self.w(r), op.step))
+        yield  # a handler is a generator even when it never waits
+
+    def _onesided(self, r, op):
+        """The initiator pays the op's cost, then the windows change atomically."""
+        w = self.w(r)
+        peer = w if op.peer == ops.SELF else int(op.peer)
+        if w < 0 or not 0 <= peer < self.n:
+            raise ValueError(f"{type(op).__name__}.peer: {op.peer} is not a worker 0..{self.n - 1} (workers only)")
+        kind = type(op).__name__.lower()
+        x = getattr(op, "x", self.windows[peer])
+        nbytes = x.numel() * x.element_size()
+        seconds, traffic = self.run.network.onesided(kind, nbytes, r, peer + self.offset)
+        arrived = self.env.now
+        if seconds:
+            yield self.env.timeout(seconds)
+        self.stats.add_traffic(r, traffic)
+        self.stats.finish_comm(r, arrived, self.env.now, seconds)
+        win = self.windows
+        if isinstance(op, ops.Put):
+            win[peer] = op.x
+        elif isinstance(op, ops.Accumulate):
+            win[peer] = win[peer] + op.x
+        elif isinstance(op, ops.Exchange):
+            win[w], win[peer] = op.combine(win[w], win[peer], op.weight)
+            return win[w]
+        else:
+            return win[peer]
+        return None
+
+    # -- the rest --------------------------------------------------------------------------
     def _rate(self, r, op):
         busy = self.stats.compute_s[r]
         return torch.tensor(self.units[r] / busy if busy > 0 else 0.0, dtype=torch.float64)
         yield  # a handler is a generator even when it never waits
 
-    def _rand(self, i, op):
-        return self.draw(self.w(i))
+    def _rand(self, r, op):
+        return self.draw(self.w(r))
         yield  # a handler is a generator even when it never waits
 
-    def _record(self, i, op):
-        rec, w = self.run.recorder, self.w(i)
-        if w < 0:  # the server's model is the global model
+    def _record(self, r, op):
+        rec, w = self.run.recorder, self.w(r)
+        if op.staleness is not None:
+            rec.update(op.src - self.offset if op.src is not None else w, op.step, op.staleness, self.stats, slot=r)
+        elif w < 0:  # the server's model is the global model
             if rec.is_eval(op.step):
-                rec.consensus(op.step, op.round, op.x.unsqueeze(0), self.stats.counters())
+                ex = op.x if op.eval_x is None else op.eval_x
+                rec.consensus(op.step, op.round, op.x.unsqueeze(0), self.stats.counters(), ex.unsqueeze(0))
         else:
-            rec.worker(w, op.step, op.round, self.stats, op.loss, op.metrics, slot=i)
+            rec.worker(w, op.step, op.round, self.stats, op.loss, op.metrics, slot=r)
             if not self.offset:
-                rec.offer(w, op.step, op.round, op.x, self.stats)
+                rec.offer(w, op.step, op.round, op.x, self.stats, op.eval_x)
         return None
         yield  # a handler is a generator even when it never waits

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from harness import comm, ops
+from harness import ops
 
 
 class P2PMixin:
@@ -30,7 +30,7 @@ class P2PMixin:
         if not 0 <= op.dst < self.ranks or op.dst == r:
             raise ValueError(f"Send.dst: rank {op.dst} is not another rank of 0..{self.ranks - 1}")
         net = self.run.network
-        nbytes = comm.payload_bytes(op.x, stacked=False)
+        payload, nbytes = ops.wire(op.x, op.codec)
         alpha, beta = net.link(r, op.dst)
         while True:
             arrived = self.env.now
@@ -52,7 +52,7 @@ class P2PMixin:
             self.dropped[r] += 1
             yield self.env.timeout(net.retransmit_s)  # lost: the sender times out and re-sends
             self.stats.idle_s[r] += net.retransmit_s
-        self.env.process(self._arrive(op.dst, ops.Message(r, op.tag, op.x), alpha))
+        self.env.process(self._arrive(op.dst, (ops.Message(r, op.tag, payload), nbytes), alpha))
         self.stats.time[r] = self.env.now
 
     def _arrive(self, dst, msg, delay):
@@ -60,12 +60,13 @@ class P2PMixin:
         yield self.inboxes[dst].put(msg)
 
     def _recv(self, r, op):
-        def match(m):
+        def match(item):
+            m = item[0]
             return (op.src == ops.ANY or m.src == op.src) and (op.tag is None or m.tag == op.tag)
 
         arrived = self.env.now
-        msg = yield self.inboxes[r].get(match)
-        self.stats.bytes_recv[r] += comm.payload_bytes(msg.x, stacked=False)
+        msg, nbytes = yield self.inboxes[r].get(match)
+        self.stats.bytes_recv[r] += nbytes
         self.stats.idle_s[r] += self.env.now - arrived
         self.stats.time[r] = self.env.now
         return msg

@@ -3,13 +3,16 @@
 Valid for lock-step algorithms, whose timing does not depend on tensor values, so each
 worker's clock follows a max-plus recurrence instead of events:
 
-* compute:    ``T_i += c_i``
-* all-reduce: ``T_i = max_j T_j + cost``
-* gossip:     ``T_i = max(T_i, max_{j in N_in(i)} T_j + link)``
+* compute:    ``T_i += c_i``                                  (members only)
+* collective: ``T_i = max_{j in S} T_j + cost`` for ``i in S`` (``S``: the members)
+* gossip:     ``T_i = max(T_i, max_{j in N_in(i)} T_j + link_ji)``
 
-Gradients of all workers come from one autograd call on the batched model (or
-``torch.func.vmap`` when the task has no batched form). The clocks equal the SimPy
-backend's on the same scenario, to the last bit (a test pins this down).
+What an op computes comes from the op itself, applied to the same per-worker rows in the
+same order as on SimPy (``combine`` over member rows, ``Gossip.mix`` over neighbour
+slots, codecs row by row), so the two simulators agree to the last bit, also in float32.
+Gradients of the active rows come from one autograd call on the batched model (or
+``torch.func.vmap`` when the task has no batched form): sampling 20 of 1,000 workers
+costs 20 gradients.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from harness import comm, ops
+from harness import ops
 from simulators.base import BackendError, Simulator
 
 
@@ -31,11 +34,13 @@ class StackedBackend(Simulator):
                                "roles); the stacked backend runs lock-step algorithms only; use --backend simpy")
         self.start(x0)
         self._link_cache, self._handles = {}, []
+        self.all_ids = tuple(range(self.n))
         X = x0.expand(self.n, -1).clone()
         gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
-        handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
-                    ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                    ops.Record: self._record, ops.Start: self._start, ops.Wait: self._wait}
+        handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._collective,
+                    ops.AllGather: self._collective, ops.Gossip: self._gossip, ops.Rand: self._rand,
+                    ops.Record: self._record, ops.Start: self._start, ops.Wait: self._wait,
+                    ops.Neighbors: self._neighbors}
         value = None
         while True:
             try:
@@ -48,87 +53,145 @@ class StackedBackend(Simulator):
                                    f"(algorithm {self.run.algorithm.algorithm_name!r}); use --backend simpy")
             value = h(op)
 
-    def _hold(self, cost):
-        dt, down = np.array([self.compute_seconds(i, self.stats.time[i], cost) for i in range(self.n)]).T
-        self.stats.compute_s += dt
-        self.stats.idle_s += down  # down after a crash: neither computing nor communicating
-        self.stats.time += dt + down
+    def _ids(self, op) -> tuple[int, ...]:
+        return self.all_ids if op.members is None else ops.member_ids(op.members, self.n)
+
+    # -- compute ---------------------------------------------------------------------------
+    def _hold(self, cost, ids):
+        for i in ids:
+            dt, down = self.compute_seconds(i, self.stats.time[i], cost)
+            self.stats.compute_s[i] += dt
+            self.stats.idle_s[i] += down  # down after a crash: neither computing nor communicating
+            self.stats.time[i] += dt + down
 
     def _grad(self, op):
-        idx = torch.stack([self.run.sampler.worker(i, op.batches) for i in range(self.n)])
-        out = self.run.task.loss_and_grad(op.x, idx)
-        self._hold(op.batches)
+        ids = self._ids(op)
+        idx = torch.stack(self.batches(op, ids))
+        if ids == self.all_ids:
+            out = self.run.task.loss_and_grad(op.x, idx, torch.arange(self.n))
+        else:  # only the active rows are computed
+            rows = torch.tensor(ids)
+            loss, g = self.run.task.loss_and_grad(op.x[rows], idx, rows)
+            out = (torch.full((self.n,), float("nan"), dtype=loss.dtype).index_copy(0, rows, loss),
+                   torch.zeros_like(op.x).index_copy(0, rows, g))
+        self._hold(op.batches, ids)
         return out
 
     def _compute(self, op):
-        self._hold(op.cost)
+        self._hold(op.cost, self._ids(op))
 
-    def _allreduce(self, op):
-        nbytes = comm.payload_bytes(op.x, stacked=True)
-        cost = self.run.network.allreduce_time(nbytes, self.n)
-        x = op.x
-        if op.quorum and op.quorum < self.n:
-            first = np.sort(np.argsort(self.stats.time, kind="stable")[: op.quorum])
-            x = op.x[torch.as_tensor(first)]
-            done = self.stats.time[first].max() + cost
-            late = self.stats.time > done  # still computing when the result is out: cut short
-            self.stats.compute_s[late] -= self.stats.time[late] - done
-            self.stats.time[late] = done
-        red = x.mean(0, keepdim=True) if op.op == "mean" else x.sum(0, keepdim=True)
-        self._barrier(comm.ring_allreduce(nbytes, self.n), cost, op.quorum)
-        return red.expand_as(op.x).clone()
+    # -- collectives -----------------------------------------------------------------------
+    def _collective(self, op, pending=False):
+        ids = self._ids(op)
+        wired = [ops.wire(op.x[j], op.codec) for j in ids]
+        sizes = [s for _, s in wired]
+        cost = op.cost(self.run.network, sizes, ids)
+        use = list(range(len(ids)))
+        quorum = getattr(op, "quorum", None)
+        if quorum and quorum < len(ids) and not pending:
+            t = self.stats.time[list(ids)]
+            use = sorted(np.argsort(t, kind="stable")[:quorum].tolist())  # ties: lower index first
+            done = t[use].max() + cost.seconds
+            for i in ids:  # still computing when the result is out: cut short
+                if self.stats.time[i] > done:
+                    self.stats.compute_s[i] -= self.stats.time[i] - done
+                    self.stats.time[i] = done
+        value = op.combine([wired[p][0] for p in use])
+        if isinstance(op, ops.AllGather):
+            out = torch.zeros((self.n, *value.shape), dtype=value.dtype)
+            out[list(ids)] = value
+        elif ids == self.all_ids:
+            out = value.expand_as(op.x).clone()
+        else:
+            out = op.x.clone()
+            out[list(ids)] = value
+        if quorum:
+            arrived = torch.zeros(self.n, dtype=torch.bool)
+            arrived[[ids[p] for p in use]] = True
+            out = ops.Quorum(out, arrived.expand(self.n, -1).clone())
+        if pending:
+            return out, ids, cost
+        self._barrier(ids, cost, quorum)
+        return out
 
-    def _allgather(self, op):
-        nbytes = comm.payload_bytes(op.x, stacked=True)
-        self._barrier(comm.ring_allgather(nbytes, self.n), self.run.network.ring_allgather(nbytes, self.n))
-        return op.x.unsqueeze(0).expand(self.n, *op.x.shape).clone()
+    def _barrier(self, ids, cost, quorum=None):
+        """Max-plus clock of a collective: every member leaves at ``T_(k) + cost``, the k-th
+        smallest member arrival (k = quorum, default all members: the maximum)."""
+        sel = list(ids)
+        arrived = self.stats.time[sel].copy()
+        kth = np.sort(arrived)[(quorum or len(ids)) - 1]
+        for p, i in enumerate(ids):
+            self.stats.add_traffic(i, cost.traffic[p])
+        self.stats.finish_comm(sel, arrived, np.full(len(ids), kth + cost.seconds), cost.seconds)
 
     def _start(self, op):
-        """Non-blocking collective: the result is ready at ``F = max_j T_j + cost``; the
-        clocks move only at ``Wait``: ``T_i = max(T_i, F)``."""
-        if op.op.__class__ is ops.AllReduce and op.op.quorum:
+        """Non-blocking collective: the result is ready at ``F = max_{j in S} T_j + cost``;
+        the clocks move (and the traffic is counted) at ``Wait``: ``T_i = max(T_i, F)``."""
+        if not isinstance(op.op, ops.COLLECTIVES):
+            raise BackendError(f"Start: only AllReduce/AllGather can be started, got {type(op.op).__name__}")
+        if getattr(op.op, "quorum", None):
             raise BackendError("Start(AllReduce(quorum=...)): backup workers need a blocking AllReduce")
-        saved = self.stats.time.copy(), self.stats.comm_s.copy(), self.stats.idle_s.copy()
-        result = {ops.AllReduce: self._allreduce, ops.AllGather: self._allgather}[type(op.op)](op.op)
-        done = self.stats.time.copy()
-        self.stats.time[:], self.stats.comm_s[:], self.stats.idle_s[:] = saved  # undo the blocking clock
-        cost = done - saved[0].max()  # done = max_j T_j + cost for every worker
-        self._handles.append((result, done, cost))
+        result, ids, cost = self._collective(op.op, pending=True)
+        done = self.stats.time[list(ids)].max() + cost.seconds
+        self._handles.append((result, ids, cost, done))
         return ops.Handle(len(self._handles) - 1)
 
     def _wait(self, op):
-        result, done, cost = self._handles[op.handle.id]
-        arrived = self.stats.time.copy()
-        self.stats.finish_comm(slice(None), arrived, np.maximum(arrived, done), cost)
+        result, ids, cost, done = self._handles[op.handle.id]
+        sel = list(ids)
+        arrived = self.stats.time[sel].copy()
+        for p, i in enumerate(ids):
+            self.stats.add_traffic(i, cost.traffic[p])
+        self.stats.finish_comm(sel, arrived, np.maximum(arrived, done), cost.seconds)
         return result
 
-    def _barrier(self, traffic, cost, quorum=None):
-        """Max-plus clock of a collective: everybody leaves at ``T_(k) + cost``, the k-th
-        smallest arrival (k = quorum, default n: the maximum)."""
-        arrived = self.stats.time.copy()
-        kth = np.sort(arrived)[(quorum or self.n) - 1]
-        self.stats.add_traffic(slice(None), traffic)
-        self.stats.finish_comm(slice(None), arrived, np.full(self.n, kth + cost), cost)
-
-    def _rand(self, op):
-        return torch.stack([self.draw(i) for i in range(self.n)])
-
+    # -- gossip ----------------------------------------------------------------------------
     def _gossip(self, op):
-        topo = self.topology()
+        topo, n, X = self.topology(), self.n, op.x
         W = topo.W(op.step)
-        nbytes = comm.payload_bytes(op.x, stacked=True)
-        if nbytes not in self._link_cache:
-            self._link_cache[nbytes] = self.run.network.link_matrix(nbytes, self.n)
-        L = self._link_cache[nbytes]  # L[i, j]: seconds for j's message to reach i
-        edges = (W > 0) & ~np.eye(self.n, dtype=bool)  # edges[i, j]: j's model reaches i
+        edges = (W > 0) & ~np.eye(n, dtype=bool)  # edges[i, j]: j's model reaches i
+        wired = [ops.wire(X[j], op.codec) for j in range(n)]
+        sizes = np.array([s for _, s in wired])
+        # canonical order: for every worker, itself and its in-neighbours by ascending index
+        rows = [sorted({i, *np.flatnonzero(edges[i]).tolist()}) for i in range(n)]
+        K = max(len(r) for r in rows)
+        J = np.array([r + [i] * (K - len(r)) for i, r in enumerate(rows)])
+        valid = torch.tensor([[k < len(r) for k in range(K)] for r in rows])
+        coef = W[np.arange(n)[:, None], J]
+        Xr = torch.stack([p for p, _ in wired]) if op.codec is not None else X
+        terms = [torch.where(torch.as_tensor(J[:, k] == np.arange(n))[:, None], X, Xr[torch.as_tensor(J[:, k])])
+                 for k in range(K)]
+        coefs = [torch.tensor(coef[:, k], dtype=X.dtype)[:, None] for k in range(K)]
+        mixed = op.mix(coefs, terms, [valid[:, k][:, None] for k in range(K)])
+        # clocks: worker i waits for its slowest in-neighbour's message
+        link = np.zeros((n, n))
+        for s in np.unique(sizes):
+            L = self._links(int(s))
+            cols = sizes == s
+            link[:, cols] = L[:, cols]  # L[i, j]: seconds for j's message (of j's size) to reach i
         arrived = self.stats.time.copy()
-        via = np.where(edges, arrived[None, :] + L, -np.inf).max(1)
+        via = np.where(edges, arrived[None, :] + link, -np.inf).max(1)
         finished = np.maximum(arrived, via)
         indeg, outdeg = edges.sum(1), edges.sum(0)
-        for i in range(self.n):
-            self.stats.add_traffic(i, comm.gossip(nbytes, int(outdeg[i]), int(indeg[i])))
-        self.stats.finish_comm(slice(None), arrived, finished, np.where(edges, L, 0.0).max(1))
-        return torch.as_tensor(W, dtype=op.x.dtype) @ op.x
+        net = self.run.network
+        for i in range(n):
+            t = net.gossip(int(sizes[i]), int(outdeg[i]), int(indeg[i]))
+            self.stats.add_traffic(i, t._replace(recv=float(sizes[edges[i]].sum())))
+        self.stats.finish_comm(slice(None), arrived, finished, np.where(edges, link, 0.0).max(1))
+        return mixed
+
+    def _links(self, nbytes):
+        if nbytes not in self._link_cache:
+            self._link_cache[nbytes] = self.run.network.link_matrix(nbytes, self.n)
+        return self._link_cache[nbytes]
+
+    def _neighbors(self, op):
+        ins, outs = zip(*(self.peers(i, op.step) for i in range(self.n)))
+        return ops.Peers(torch.stack(ins), torch.stack(outs))
+
+    # -- the rest --------------------------------------------------------------------------
+    def _rand(self, op):
+        return torch.stack([self.draw(i) for i in range(self.n)])
 
     def _record(self, op):
         rec, loss = self.run.recorder, op.loss
@@ -136,4 +199,4 @@ class StackedBackend(Simulator):
             li = loss[i] if loss is not None else None
             rec.worker(i, op.step, op.round, self.stats, li, {k: v[i] for k, v in op.metrics.items()})
         if rec.is_eval(op.step):
-            rec.consensus(op.step, op.round, op.x, self.stats.counters())
+            rec.consensus(op.step, op.round, op.x, self.stats.counters(), op.eval_x)

@@ -1,7 +1,7 @@
 """AllGather, Rand and ctx.mine behave the same on per-worker and stacked backends."""
 import torch
 
-from harness import comm
+from harness.cost import NetworkSpec
 from harness.algorithms import register
 from harness.experiment import simulate
 from harness.ops import AllGather, AllReduce, Grad, Rand, Record
@@ -30,7 +30,8 @@ def test_leader_pull_same_on_both_backends():
     assert 0 < da.coin.sum() < 40 and da.coin.sum() == db.coin.sum()  # the coin really varied
     # bytes: gather of one float64 loss + all-reduce of the model, per step
     d = xa.shape[1]
-    per_step = comm.ring_allgather(8, 4).sent + comm.ring_allreduce(8 * d, 4).sent
+    net = NetworkSpec()
+    per_step = net.allgather_cost([8] * 4, range(4)).traffic[0].sent + net.allreduce_cost(8 * d, range(4)).traffic[0].sent
     last = da[(da.worker == 0) & (da.step == 10)].bytes_sent.item()
     assert last == 10 * per_step
 

@@ -8,7 +8,7 @@ from harness.algorithms import register
 from harness.config import expand
 from harness.experiment import simulate
 from harness.ops import ANY, SERVER, Compute, Record, Recv, Send
-from simulators.network import NetworkSpec
+from harness.cost import NetworkSpec
 from tests.helpers import small
 
 FREE = {"latency_s": 0.0, "bandwidth_Bps": 1e30}
@@ -67,15 +67,34 @@ def test_collective_formulas():
     net = NetworkSpec(latency_s=1e-3, bandwidth_Bps=1e8, workers_per_node=4, intra={"latency_s": 1e-6, "bandwidth_Bps": 1e10})
     b, n = 4e6, 16
     ring = 2 * (n - 1) * 1e-3 + 2 * (n - 1) / n * b / 1e8
-    assert net.ring_allreduce(b, n) == pytest.approx(ring, rel=1e-15)
+    assert net.allreduce_cost(b, range(n)).seconds == pytest.approx(ring, rel=1e-15)
     tree = net.model_copy(update={"allreduce": "tree"})
-    assert tree.allreduce_time(b, n) == pytest.approx(2 * 4 * (1e-3 + b / 1e8), rel=1e-15)
+    assert tree.allreduce_cost(b, range(n)).seconds == pytest.approx(2 * 4 * (1e-3 + b / 1e8), rel=1e-15)
     hier = net.model_copy(update={"allreduce": "hierarchical"})
     intra = 2 * 3 * 1e-6 + 2 * 3 / 4 * b / 1e10
     inter = 2 * 3 * 1e-3 + 2 * 3 / 4 * b / 1e8
-    assert hier.allreduce_time(b, n) == pytest.approx(intra + inter, rel=1e-15)
-    assert hier.allreduce_time(b, n) < net.ring_allreduce(b, n)
+    assert hier.allreduce_cost(b, range(n)).seconds == pytest.approx(intra + inter, rel=1e-15)
+    assert hier.allreduce_cost(b, range(n)).seconds < net.allreduce_cost(b, range(n)).seconds
     assert net.p2p(b, 0, 1) == pytest.approx(1e-6 + b / 1e10) and net.p2p(b, 0, 4) == pytest.approx(1e-3 + b / 1e8)
+
+
+def test_collectives_count_their_own_messages():
+    """Tree and hierarchical all-reduce count their own messages and bytes, not the ring's."""
+    net = NetworkSpec(workers_per_node=4)
+    b, n = 1000.0, 16
+    ring = net.allreduce_cost(b, range(n)).traffic
+    assert {t.messages for t in ring} == {2 * (n - 1)} and ring[0].sent == pytest.approx(2 * 15 / 16 * b)
+    tree = net.model_copy(update={"allreduce": "tree"}).allreduce_cost(b, range(n)).traffic
+    # binomial tree on 16: the root has children 1, 2, 4, 8; a leaf (e.g. 15) one parent
+    assert tree[0].messages == 4 and tree[15].messages == 1 and tree[1].messages == 1 + 3
+    assert sum(t.messages for t in tree) == 2 * (n - 1)  # every edge carries one block up, one down
+    assert sum(t.sent for t in tree) == sum(t.recv for t in tree) == 2 * (n - 1) * b
+    hier = net.model_copy(update={"allreduce": "hierarchical"}).allreduce_cost(b, range(n)).traffic
+    leader, member = hier[0], hier[1]  # 4 nodes of 4: leaders also run the ring among 4 leaders
+    assert member.messages == 2 * 3 and leader.messages == 2 * 3 + 2 * 3
+    assert leader.sent == pytest.approx(2 * (2 * 3 / 4 * b)) and member.sent == pytest.approx(2 * 3 / 4 * b)
+    gather = net.allgather_cost([10, 20, 30], [0, 1, 2]).traffic  # blocks of different sizes (codecs)
+    assert [t.recv for t in gather] == [50, 40, 30] and [t.sent for t in gather] == [40, 30, 50]  # all but the successor's block
 
 
 @pytest.mark.parametrize("algo", ["tree", "hierarchical"])
@@ -84,7 +103,7 @@ def test_allreduce_algorithm_prices_the_run(algo):
     cfg = small("sync_sgd", steps=3, network=net, compute={"model": "constant", "mean_s": 1.0, "straggler_fraction": 0})
     df, x = simulate(cfg)
     nb = 8 * x.shape[1]
-    expected = 3 * (1.0 + NetworkSpec(**net).allreduce_time(nb, 4))
+    expected = 3 * (1.0 + NetworkSpec(**net).allreduce_cost(nb, range(4)).seconds)
     assert df[df.worker >= 0].time_s.max() == pytest.approx(expected, rel=1e-12)
 
 
