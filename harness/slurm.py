@@ -20,14 +20,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 
 import jinja2
 
 from harness import config as config_mod
 from harness.config import ConfigError
-
-TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
 
 
 class SlurmError(ValueError):
@@ -87,10 +86,19 @@ def compress(ix: list[int]) -> str:
     return ",".join(parts)
 
 
+def template(kind: str) -> str:
+    """The text of ``slurm/<kind>.sbatch``. The templates are package data of the ``slurm``
+    package, so they are found in a wheel install as in a checkout (docs/design.md, Packaging)."""
+    try:
+        return resources.files("slurm").joinpath(f"{kind}.sbatch").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise SlurmError(f"sbatch template {kind}.sbatch not found ({e}); reinstall harness "
+                         "(`make`, or `pip install .`) so that its slurm package ships the templates") from None
+
+
 def render(kind: str, **fields) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
-    return env.get_template(f"{kind}.sbatch").render(**fields)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template(kind)).render(**fields)
 
 
 def _slurm_tool(name: str) -> str:
