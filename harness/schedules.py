@@ -7,6 +7,9 @@ An algorithm annotates its learning rate as :data:`LR` and calls ``make(lr, ctx.
         lr_at = schedules.make(lr, ctx.steps)     # lr_at(t) for t = 0, 1, ..., steps - 1
         ...  x = x - lr_at(t) * g
 
+(An optimizer spec, ``inner: Optimizer = Optimizer(lr=0.1)`` from ``harness.transforms``,
+does this in ``inner.build(ctx.steps)``.)
+
 In a config, ``lr`` is a number (constant) or a mapping with a ``name``:
 
 =========  =======================================  ==========================================

@@ -10,12 +10,21 @@ worker's ``[d]`` vector and on the stacked ``[n, d]`` matrix. State is explicit 
 * AdamW (Loshchilov & Hutter, arXiv 1711.05101):
   ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
   ``u = -lr (m_hat / (sqrt(v_hat) + eps) + wd p)``.
+
+:class:`Optimizer` is the one hyper-parameter spec of an algorithm's optimizer (name,
+learning rate or schedule, momentum, ...): an algorithm declares it once in its signature,
+``inner: Optimizer = Optimizer(lr=0.1)``, and the registry splices it into flat config keys
+(see ``harness.algorithms``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Annotated, Any, Callable, Literal, NamedTuple
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness import schedules
+from harness.schedules import LR
 
 
 class Transform(NamedTuple):
@@ -83,3 +92,38 @@ def make_optimizer(name: str, **kw) -> Transform:
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     return OPTIMIZERS[name](**kw)
+
+
+class Built(NamedTuple):
+    """An :class:`Optimizer` made runnable: ``transform`` has unit learning rate, ``lr(t)``
+    is the rate of local step ``t``; a step is ``p + lr(t) * update``."""
+    transform: Transform
+    lr: Callable[[int], float]
+
+
+class Optimizer(BaseModel):
+    """Hyper-parameters of one optimizer. ``name`` picks the rule: ``sgd`` uses ``momentum``,
+    ``nesterov`` and (coupled) ``weight_decay``; ``adamw`` uses ``beta1``, ``beta2``, ``eps`` and
+    (decoupled) ``weight_decay``. ``lr`` is a number or a schedule spec (:data:`harness.schedules.LR`).
+    Frozen and hashable; the defaults are PyTorch's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: LR = 0.1
+    momentum: Annotated[float, Field(ge=0)] = 0.0
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    eps: Annotated[float, Field(ge=0)] = 1e-8
+
+    def transform(self, lr: float = 1.0) -> Transform:
+        """The update rule with a constant learning rate ``lr``."""
+        if self.name == "adamw":
+            return adamw(lr, (self.beta1, self.beta2), self.eps, self.weight_decay)
+        return sgd(lr, self.momentum, self.nesterov, self.weight_decay)
+
+    def build(self, steps: int) -> Built:
+        """``(transform, lr_at)`` for a run of ``steps`` local steps: ``u, s = transform.update(g, s, p)``;
+        ``p = p + lr_at(t) * u`` (the same numbers as ``transform(lr)`` for a constant rate)."""
+        return Built(self.transform(1.0), schedules.make(self.lr, steps))

@@ -5,16 +5,30 @@
 written from one worker's point of view (see ``harness.ops``), registered with
 ``@register("my_method")``. Its keyword-only parameters are its hyper-parameters: the
 config's ``algorithm:`` block is validated against their annotations and defaults.
+
+An optimizer is one parameter, ``inner: Optimizer = Optimizer(lr=0.1)``
+(:class:`harness.transforms.Optimizer`), *spliced* into flat keys: ``inner`` (its name),
+``lr``, ``momentum``, ``nesterov``, ``weight_decay``, ``beta1``, ``beta2``, ``eps``; any other
+``foo: Optimizer`` gives ``foo``, ``foo_lr``, ``foo_momentum``, ... The registered function
+takes the flat keys (its ``inspect.signature`` shows them, so configs, validation and the
+``hp.*`` columns stay flat) and calls the algorithm with the re-assembled ``Optimizer``.
+
+``register(name, server=, requires=, check=)`` also records what the algorithm needs from a
+backend (:func:`requirements`) and cross-field rules that need the run (:func:`check`).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from pydantic import ConfigDict, ValidationError, create_model
 
+from harness.transforms import Optimizer
+
 ALGORITHMS: dict[str, Callable] = {}
+FEATURES = frozenset({"gossip", "quorum", "p2p", "overlap", "members", "peers", "onesided", "codec", "part"})
 
 
 @dataclass(frozen=True)
@@ -40,16 +54,65 @@ class Ctx:
         return gathered.gather(-1, self.index.unsqueeze(-1)).squeeze(-1)
 
 
-def register(name: str, server: bool = False):
-    """Register an algorithm. ``server=True``: it also runs as a server on rank 0 (roles)."""
+def register(name: str, server: bool = False, requires: set[str] | Callable[[dict], set[str]] = frozenset(),
+             check: Callable[[dict, int], None] | None = None):
+    """Register an algorithm. ``server=True``: it also runs as a server on rank 0 (roles).
+    ``requires``: the backend features it uses (:data:`FEATURES`), or a function of the validated
+    (flat) params returning them. ``check(params, n_workers)``: cross-field rules that need the
+    run; raises ``ValueError("algorithm.<field>: ...")``."""
+    if not callable(requires) and set(requires) - FEATURES:
+        raise ValueError(f"register({name!r}): unknown feature(s) {sorted(set(requires) - FEATURES)}; known: {sorted(FEATURES)}")
 
     def deco(fn):
+        fn = _splice(fn)
         ALGORITHMS[name] = fn
         fn.algorithm_name = name
         fn.has_server = server
+        fn.requires = requires
+        fn.check_params = check
         return fn
 
     return deco
+
+
+def optimizer_keys(param: str) -> dict[str, str]:
+    """Flat config keys of an ``Optimizer`` parameter, by field: ``inner`` -> ``lr``, ...;
+    ``outer`` -> ``outer_lr``, ...; the ``name`` field is the parameter itself."""
+    prefix = "" if param == "inner" else f"{param}_"
+    return {f: param if f == "name" else prefix + f for f in Optimizer.model_fields}
+
+
+def _splice(fn):
+    """``fn`` itself if it has no ``Optimizer`` parameter, else a wrapper taking flat keys."""
+    sig = inspect.signature(fn)
+    specs, flat = {}, []
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and (isinstance(p.default, Optimizer) or p.annotation is Optimizer):
+            default = p.default if isinstance(p.default, Optimizer) else Optimizer()
+            specs[p.name] = (default, optimizer_keys(p.name))
+            for f, key in specs[p.name][1].items():
+                info = Optimizer.model_fields[f]
+                ann = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+                flat.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=getattr(default, f), annotation=ann))
+        else:
+            flat.append(p)
+    if not specs:
+        return fn
+    names = [p.name for p in flat]
+    if len(set(names)) < len(names):
+        raise ValueError(f"{fn.__name__}: spliced optimizer keys collide: {sorted({k for k in names if names.count(k) > 1})}")
+
+    @functools.wraps(fn)
+    def spliced(*args, **kw):
+        for param, (default, keys) in specs.items():
+            v = kw.pop(param, default)
+            fields = v.model_dump() if isinstance(v, Optimizer) else {**default.model_dump(), "name": v}
+            fields.update({f: kw.pop(key) for f, key in keys.items() if f != "name" and key in kw})
+            kw[param] = Optimizer(**fields)
+        return fn(*args, **kw)
+
+    spliced.__signature__ = sig.replace(parameters=flat)
+    return spliced
 
 
 def get(name: str) -> Callable:
@@ -85,10 +148,28 @@ def validate_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"algorithm.{field}: {msg}") from None
 
 
+def requirements(name: str, params: dict[str, Any] | None = None) -> set[str]:
+    """Backend features that algorithm ``name`` needs with ``params`` (``"server"`` for roles)."""
+    fn = get(name)
+    req = getattr(fn, "requires", frozenset())
+    if callable(req):
+        req = req(validate_params(name, {k: v for k, v in (params or {}).items() if k != "name"}))
+    return set(req) | ({"server"} if fn.has_server else set())
+
+
+def check(name: str, params: dict[str, Any], n_workers: int) -> None:
+    """Cross-field rules of ``name`` that need the run (e.g. ``backup < n_workers``); raises
+    ValueError with one line naming the field. ``params``: validated, ``name`` may be in it."""
+    hook = getattr(get(name), "check_params", None)
+    if hook is not None:
+        hook(validate_params(name, {k: v for k, v in params.items() if k != "name"}), n_workers)
+
+
 def _load_builtin():
     # Imported lazily so that registering a user algorithm never needs these modules.
     from harness.algorithms import (async_easgd, async_local_sgd, async_sgd, diloco, dppf, dpsgd, easgd, grawa, local_sgd, lsgd,  # noqa: F401
                                     palsgd, post_local_sgd, qsr, sync_sgd)
 
 
-__all__ = ["ALGORITHMS", "Ctx", "get", "hyperparameters", "register", "validate_params"]
+__all__ = ["ALGORITHMS", "FEATURES", "Ctx", "Optimizer", "check", "get", "hyperparameters", "optimizer_keys", "register",
+           "requirements", "validate_params"]

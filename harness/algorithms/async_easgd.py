@@ -12,14 +12,12 @@ settings in ALGORITHMS.md) and the paper's moving rate beta=0.9 (ALGORITHMS.md's
 makes the pull weak at n=16; set it in the config to compare).
 """
 from harness.algorithms import register
+from harness.algorithms.blocks import Fraction, Optimizer, Period, every
 from harness.ops import ANY, SERVER, Grad, Record, Recv, Send
-from harness.transforms import sgd
 
 
-@register("async_easgd", server=True)
-def async_easgd(ctx, x, *, tau: int = 4, beta: float = 0.9, lr: float = 0.1, momentum: float = 0.9):
-    if tau < 1:
-        raise ValueError(f"algorithm.tau: must be >= 1, got {tau}")
+@register("async_easgd", server=True, requires={"p2p"})
+def async_easgd(ctx, x, *, tau: Period = 4, beta: Fraction = 0.9, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
     alpha = beta / ctx.n_workers
     exchanges = ctx.steps // tau
     if ctx.role == "server":
@@ -31,14 +29,14 @@ def async_easgd(ctx, x, *, tau: int = 4, beta: float = 0.9, lr: float = 0.1, mom
             if (k + 1) % ctx.n_workers == 0:  # one "step" of the center = n exchanges, tau steps each
                 yield Record(step=(k + 1) // ctx.n_workers * tau, round=k + 1, x=x)
         return x
-    opt = sgd(lr, momentum)
-    state = opt.init(x)
+    opt, lr_at = inner.build(ctx.steps)
+    sync, state = every(tau), opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
-        x = x + u
-        if (t + 1) % tau == 0 and (t + 1) // tau <= exchanges:
+        x = x + lr_at(t) * u
+        if sync(t):  # `exchanges` of them: t < steps
             yield Send(SERVER, x)
             x = x - (yield Recv(SERVER)).x
-        yield Record(step=t + 1, round=(t + 1) // tau, x=x, loss=loss)
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss)
     return x

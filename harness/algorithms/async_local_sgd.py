@@ -15,19 +15,20 @@ so N arrivals together make one Nesterov step with gradient ``b / N`` (``delayed
 applies ``m <- beta m + Delta; theta -= outer_lr (Delta + beta m)`` on every arrival: the
 naive asynchronous Nesterov). Dynamic local updates: ``H_w = max(1, floor(v_w / max_u v_u
 * H))``, so slow workers take fewer steps per round. Each worker runs ``steps // H``
-rounds. Cost per round: 1 vector up, 1 down (+ a few scalars).
+rounds. Cost per round: 1 vector up, 1 down (+ a few scalars). The inner optimizer is the
+``inner`` spec (SGD without momentum by default; ``inner: adamw`` with PyTorch's betas).
 """
 import torch
 
 from harness.algorithms import register
+from harness.algorithms.blocks import NonNegative, Optimizer, Period, Steps
 from harness.ops import ANY, SERVER, Grad, Rate, Record, Recv, Send
-from harness.transforms import adamw, sgd
 
 
-@register("async_local_sgd", server=True)
-def async_local_sgd(ctx, x, *, period: int = 16, lr: float = 0.1, momentum: float = 0.0, inner: str = "sgd",
-                    outer_lr: float = 0.7, outer_momentum: float = 0.9, delayed: bool = True, buffer: int = 0,
-                    dynamic: bool = True):
+@register("async_local_sgd", server=True, requires={"p2p"})
+def async_local_sgd(ctx, x, *, period: Period = 16, inner: Optimizer = Optimizer(lr=0.1),
+                    outer_lr: NonNegative = 0.7, outer_momentum: NonNegative = 0.9, delayed: bool = True,
+                    buffer: Steps = 0, dynamic: bool = True):
     n, rounds = ctx.n_workers, max(1, ctx.steps // period)
     N = buffer or n  # Delayed Nesterov buffer size (default: the number of workers)
     if ctx.role == "server":
@@ -50,14 +51,14 @@ def async_local_sgd(ctx, x, *, period: int = 16, lr: float = 0.1, momentum: floa
             if k % n == 0:
                 yield Record(step=k // n * period, round=k, x=x)
         return x
-    opt = adamw(lr, weight_decay=0.0) if inner == "adamw" else sgd(lr, momentum)
+    opt, lr_at = inner.build(ctx.steps)
     state, steps, h = opt.init(x), 0, period
     for r in range(rounds):
         theta = x
         for _ in range(h):
             loss, g = yield Grad(x)
             u, state = opt.update(g, state, x)
-            x, steps = x + u, steps + 1
+            x, steps = x + lr_at(steps) * u, steps + 1
         yield Send(SERVER, theta - x)
         yield Send(SERVER, (yield Rate()))
         x = (yield Recv(SERVER)).x

@@ -7,19 +7,19 @@ receive ``x_w``. No barrier: a fast worker makes more updates than a slow one.
 Cost per worker step: 1 model-sized vector up, 1 down.
 """
 from harness.algorithms import register
+from harness.algorithms.blocks import Optimizer
 from harness.ops import ANY, SERVER, Grad, Recv, Record, Send
-from harness.transforms import sgd
 
 
-@register("async_sgd", server=True)
-def async_sgd(ctx, x, *, lr: float = 0.05, momentum: float = 0.0):
+@register("async_sgd", server=True, requires={"p2p"})
+def async_sgd(ctx, x, *, inner: Optimizer = Optimizer(lr=0.05)):
     if ctx.role == "server":
-        opt = sgd(lr, momentum)
+        opt, lr_at = inner.build(ctx.steps)
         state = opt.init(x)
         for k in range(ctx.n_workers * ctx.steps):  # every worker sends `steps` gradients
             msg = yield Recv(ANY)
             u, state = opt.update(msg.x, state, x)
-            x = x + u
+            x = x + lr_at(k // ctx.n_workers) * u  # a schedule advances once per n updates
             yield Send(msg.src, x)
             if (k + 1) % ctx.n_workers == 0:  # one "step" = n updates, to align with workers
                 yield Record(step=(k + 1) // ctx.n_workers, round=k + 1, x=x)

@@ -21,36 +21,26 @@ A worker that crashes for good (fault policy ``continue``) drops out of the aver
 """
 import torch
 
-from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record, retrying
-from harness.schedules import LR
-from harness.transforms import sgd
+from harness.algorithms.blocks import Fraction, NonNegative, Optimizer, Period, every, mean_average
+from harness.ops import Grad, Record
 
 
 @register("dppf")
-def dppf(ctx, x, *, tau: int = 4, alpha: float = 0.5, lam: float = 0.05, lr: LR = 0.1,
-         momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0):
-    if tau < 1:
-        raise ValueError(f"algorithm.tau: must be >= 1, got {tau}")
-    if not 0 < alpha <= 1:
-        raise ValueError(f"algorithm.alpha: must be in (0, 1], got {alpha}")
-    if lam < 0:
-        raise ValueError(f"algorithm.lam: must be >= 0, got {lam}")
-    lr_at = schedules.make(lr, ctx.steps)
-    opt = sgd(1.0, momentum, nesterov, weight_decay)
-    state, rounds = opt.init(x), 0
+def dppf(ctx, x, *, tau: Period = 4, alpha: Fraction = 0.5, lam: NonNegative = 0.05,
+         inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
+    opt, lr_at = inner.build(ctx.steps)
+    sync, state = every(tau), opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
         metrics = {}
-        if (t + 1) % tau == 0:
-            d = x - (yield from retrying(AllReduce(x, op="mean")))
+        if sync(t):
+            d = x - (yield from mean_average(x))
             r = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
             push = torch.where(r > 0, d / r.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(d))
             x = x - alpha * d + lam * push
-            rounds += 1
             metrics = {"dist": r.squeeze(-1)}
-        yield Record(step=t + 1, round=rounds, x=x, loss=loss, metrics=metrics)
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics=metrics)
     return x

@@ -8,17 +8,17 @@ topology. Cost per step: one model-sized message per graph edge and direction; a
 waits only for its neighbours.
 """
 from harness.algorithms import register
-from harness.ops import Gossip, Grad, Record
-from harness.transforms import sgd
+from harness.algorithms.blocks import Optimizer, gossip_average
+from harness.ops import Grad, Record
 
 
-@register("dpsgd")
-def dpsgd(ctx, x, *, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
-    opt = sgd(lr, momentum, nesterov, weight_decay)
+@register("dpsgd", requires={"gossip"})
+def dpsgd(ctx, x, *, inner: Optimizer = Optimizer(lr=0.1)):
+    opt, lr_at = inner.build(ctx.steps)
     state = opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
-        x = (yield Gossip(x, step=t)) + u
+        x = (yield from gossip_average(x, step=t)) + lr_at(t) * u
         yield Record(step=t + 1, round=t + 1, x=x, loss=loss)
     return x

@@ -20,32 +20,22 @@ A worker that crashes for good (fault policy ``continue``) drops out of the aver
 """
 import torch
 
-from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record, retrying
-from harness.schedules import LR
-from harness.transforms import sgd
+from harness.algorithms.blocks import Fraction, Optimizer, Period, elastic_pull, every
+from harness.ops import Grad, Record
 
 
 @register("easgd")
-def easgd(ctx, x, *, tau: int = 4, beta: float = 0.1, lr: LR = 0.1, momentum: float = 0.9,
-          nesterov: bool = False, weight_decay: float = 0.0):
-    if tau < 1:
-        raise ValueError(f"algorithm.tau: must be >= 1, got {tau}")
-    if not 0 < beta <= 1:
-        raise ValueError(f"algorithm.beta: must be in (0, 1], got {beta}")
+def easgd(ctx, x, *, tau: Period = 4, beta: Fraction = 0.1, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
     alpha = beta / ctx.n_workers
-    lr_at = schedules.make(lr, ctx.steps)
-    opt = sgd(1.0, momentum, nesterov, weight_decay)
-    state, center, rounds = opt.init(x), x, 0
+    opt, lr_at = inner.build(ctx.steps)
+    sync, state, center = every(tau), opt.init(x), x
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
-        if (t + 1) % tau == 0:
-            xbar = yield from retrying(AllReduce(x, op="mean"))
-            x, center = x - alpha * (x - center), (1 - beta) * center + beta * xbar
-            rounds += 1
+        if sync(t):
+            x, center = yield from elastic_pull(x, center, alpha, beta)
         dist = torch.linalg.vector_norm(x - center, dim=-1)
-        yield Record(step=t + 1, round=rounds, x=x, loss=loss, metrics={"center_dist": dist})
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics={"center_dist": dist})
     return x

@@ -25,51 +25,44 @@ stops the run with a clear message rather than re-weighting among the survivors.
 """
 import torch
 
-from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record
-from harness.schedules import LR
-from harness.transforms import sgd
+from harness.algorithms.blocks import Fraction, NonNegative, Optimizer, Period, Smoothing, every, weighted_average
+from harness.ops import Grad, Record
+
+SGD = Optimizer(lr=0.1, momentum=0.9)
 
 
-def _grawa(ctx, x, layerwise, tau, alpha, p2, smoothing, lr, momentum, nesterov, weight_decay):
-    if tau < 1 or not 0 < alpha <= 1 or not 0 <= smoothing < 1 or p2 < 0:
-        raise ValueError(f"algorithm: need tau >= 1, 0 < alpha <= 1, 0 <= smoothing < 1, p2 >= 0; "
-                         f"got tau={tau}, alpha={alpha}, smoothing={smoothing}, p2={p2}")
+def _grawa(ctx, x, layerwise, tau, alpha, p2, smoothing, inner):
     segs = ctx.segments or ((0, x.shape[-1]),)
     sizes = torch.tensor([e - s for s, e in segs])
-    lr_at = schedules.make(lr, ctx.steps)
-    opt = sgd(1.0, momentum, nesterov, weight_decay)
-    state, center, m, rounds = opt.init(x), x, 0.0, 0
+    opt, lr_at = inner.build(ctx.steps)
+    sync, state, center, m = every(tau), opt.init(x), x, 0.0
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
         if p2:
             x = x - (p2 / tau) * (x - center)
-        if (t + 1) % tau == 0:
-            rounds += 1
+        if sync(t):
             _, gc = yield Grad(x)                                            # one extra minibatch
             nu = torch.stack([torch.linalg.vector_norm(gc[..., s:e], dim=-1) for s, e in segs], -1)
             if not layerwise:
                 nu = nu.sum(-1, keepdim=True)
             m = smoothing * m + (1 - smoothing) * nu
-            inv = 1 / (m / (1 - smoothing**rounds)).clamp_min(1e-12)        # [L] or [n, L]
-            w = inv / (yield AllReduce(inv, op="sum"))
-            w = w.repeat_interleave(sizes, dim=-1) if layerwise else w
-            center = yield AllReduce(w * x, op="sum")
+            inv = 1 / (m / (1 - smoothing**sync.round(t))).clamp_min(1e-12)  # [L] or [n, L]
+            center = yield from weighted_average(x, inv, sizes if layerwise else None)
             x = (1 - alpha) * x + alpha * center
-        yield Record(step=t + 1, round=rounds, x=x, loss=loss)
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss)
     return x
 
 
 @register("mgrawa")
-def mgrawa(ctx, x, *, tau: int = 8, alpha: float = 0.5, p2: float = 0.01, smoothing: float = 0.43,
-           lr: LR = 0.1, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0):
-    return (yield from _grawa(ctx, x, False, tau, alpha, p2, smoothing, lr, momentum, nesterov, weight_decay))
+def mgrawa(ctx, x, *, tau: Period = 8, alpha: Fraction = 0.5, p2: NonNegative = 0.01, smoothing: Smoothing = 0.43,
+           inner: Optimizer = SGD):
+    return (yield from _grawa(ctx, x, False, tau, alpha, p2, smoothing, inner))
 
 
 @register("lgrawa")
-def lgrawa(ctx, x, *, tau: int = 8, alpha: float = 0.5, p2: float = 0.01, smoothing: float = 0.43,
-           lr: LR = 0.1, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0):
-    return (yield from _grawa(ctx, x, True, tau, alpha, p2, smoothing, lr, momentum, nesterov, weight_decay))
+def lgrawa(ctx, x, *, tau: Period = 8, alpha: Fraction = 0.5, p2: NonNegative = 0.01, smoothing: Smoothing = 0.43,
+           inner: Optimizer = SGD):
+    return (yield from _grawa(ctx, x, True, tau, alpha, p2, smoothing, inner))

@@ -7,23 +7,19 @@ Cost: one model-sized ring all-reduce per ``period`` steps (~2/period vectors pe
 A worker that crashes for good drops out: the others average among themselves.
 """
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record, retrying
-from harness.transforms import sgd
+from harness.algorithms.blocks import Optimizer, Period, every, mean_average
+from harness.ops import Grad, Record
 
 
 @register("local_sgd")
-def local_sgd(ctx, x, *, period: int = 8, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
-    if period < 1:
-        raise ValueError(f"algorithm.period: must be >= 1, got {period}")
-    opt = sgd(lr, momentum, nesterov, weight_decay)
-    state = opt.init(x)
-    rounds = 0
+def local_sgd(ctx, x, *, period: Period = 8, inner: Optimizer = Optimizer(lr=0.1)):
+    opt, lr_at = inner.build(ctx.steps)
+    sync, state = every(period), opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
-        x = x + u
-        if (t + 1) % period == 0:
-            x = yield from retrying(AllReduce(x, op="mean"))  # after a crash: among the survivors
-            rounds += 1
-        yield Record(step=t + 1, round=rounds, x=x, loss=loss)
+        x = x + lr_at(t) * u
+        if sync(t):
+            x = yield from mean_average(x)  # after a crash: among the survivors
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss)
     return x

@@ -20,36 +20,27 @@ with momentum 0.9.
 """
 import torch
 
-from harness import schedules
 from harness.algorithms import register
+from harness.algorithms.blocks import Optimizer, Period, Unit, every
 from harness.ops import AllGather, AllReduce, Grad, Record
-from harness.schedules import LR
-from harness.transforms import sgd
 
 
 @register("lsgd")
-def lsgd(ctx, x, *, tau: int = 4, pull: float = 0.1, lr: LR = 0.1, momentum: float = 0.9,
-         nesterov: bool = False, weight_decay: float = 0.0):
-    if tau < 1:
-        raise ValueError(f"algorithm.tau: must be >= 1, got {tau}")
-    if not 0 <= pull <= 1:
-        raise ValueError(f"algorithm.pull: must be in [0, 1], got {pull}")
-    lr_at = schedules.make(lr, ctx.steps)
-    opt = sgd(1.0, momentum, nesterov, weight_decay)
-    state, rounds = opt.init(x), 0
+def lsgd(ctx, x, *, tau: Period = 4, pull: Unit = 0.1, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
+    opt, lr_at = inner.build(ctx.steps)
+    sync, state = every(tau), opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
         step = lr_at(t) * u
         metrics = {}
-        if (t + 1) % tau == 0:
+        if sync(t):
             losses = yield AllGather(loss)                                   # [n] or [n, n]
             onehot = torch.nn.functional.one_hot(losses.argmin(-1), ctx.n_workers).to(x.dtype)
             mine = ctx.mine(onehot)
             leader = yield AllReduce(mine.unsqueeze(-1) * x, op="sum")
             step = step - pull * (x - leader)
-            rounds += 1
             metrics = {"is_leader": mine}
         x = x + step
-        yield Record(step=t + 1, round=rounds, x=x, loss=loss, metrics=metrics)
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics=metrics)
     return x

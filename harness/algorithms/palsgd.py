@@ -19,50 +19,41 @@ eta defaults to 0.1 (pull 0.5). Outer lr 0.7 momentum 0.9 and inner SGD lr 0.1 w
 momentum 0.9 suit the digits task; ``inner: adamw`` uses AdamW (per-worker step counts).
 A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
-from typing import Literal
-
 import torch
 
-from harness import schedules
 from harness.algorithms import register
-from harness.algorithms.common import outer_step
-from harness.ops import AllReduce, Grad, Rand, Record, retrying
-from harness.schedules import LR
-from harness.transforms import adamw, sgd
+from harness.algorithms.blocks import Optimizer, Period, Positive, Prob, Steps, after, every, mean_average, outer_step
+from harness.ops import Grad, Rand, Record
 
 
-@register("palsgd")
-def palsgd(ctx, x, *, period: int = 32, p: float = 0.2, eta: float = 0.1, sync_warmup: int = 0,
-           inner: Literal["sgd", "adamw"] = "sgd", lr: LR = 0.1, momentum: float = 0.9, nesterov: bool = False,
-           weight_decay: float = 0.0, beta1: float = 0.9, beta2: float = 0.95,
-           outer_lr: float = 0.7, outer_momentum: float = 0.9, outer_nesterov: bool = True):
-    if period < 1 or sync_warmup < 0:
-        raise ValueError(f"algorithm.period: need period >= 1 and sync_warmup >= 0, got {period}, {sync_warmup}")
-    if not 0 < p < 1 or not 0 < eta <= p:
-        raise ValueError(f"algorithm.eta: need 0 < p < 1 and 0 < eta <= p (pull eta/p <= 1), got p={p}, eta={eta}")
-    lr_at = schedules.make(lr, ctx.steps)
-    opt = (adamw(1.0, (beta1, beta2), weight_decay=weight_decay) if inner == "adamw"
-           else sgd(1.0, momentum, nesterov, weight_decay))
+def _check(p, n_workers):
+    if p["eta"] > p["p"]:
+        raise ValueError(f"algorithm.eta: must be <= p (the pull eta/p must be <= 1), got eta={p['eta']}, p={p['p']}")
+
+
+@register("palsgd", check=_check)
+def palsgd(ctx, x, *, period: Period = 32, p: Prob = 0.2, eta: Positive = 0.1, sync_warmup: Steps = 0,
+           inner: Optimizer = Optimizer(lr=0.1, momentum=0.9, beta2=0.95),
+           outer: Optimizer = Optimizer(lr=0.7, momentum=0.9, nesterov=True)):
+    opt, lr_at = inner.build(ctx.steps)
+    out, out_lr = outer.build(ctx.steps)
     # integer counters (AdamW's step) become per-worker tensors so that they can be masked
     state = tuple(torch.zeros_like(x[..., :1]) + s if isinstance(s, int) else s for s in opt.init(x))
-    outer = sgd(outer_lr, outer_momentum, outer_nesterov)
-    theta, outer_state, rounds = x, outer.init(x), 0
+    sync, theta, outer_state = after(sync_warmup).then(every(period)), x, out.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         if t < sync_warmup:
-            g = yield from retrying(AllReduce(g, op="mean"))
+            g = yield from mean_average(g)
         u, new = opt.update(g, tuple(s.clone() for s in state), x)  # AdamW's t += 1 is in place
-        if t < sync_warmup:
+        if t < sync_warmup:  # synchronous SGD
             x = x + lr_at(t) * u
             state, theta = new, x
-            rounds += 1
         else:
             pseudo = ((yield Rand()) < p).unsqueeze(-1)
             state = tuple(torch.where(pseudo, s, n) for s, n in zip(state, new))
             x = torch.where(pseudo, x - (eta / p) * (x - theta), x + lr_at(t) / (1 - p) * u)
-            if (t + 1 - sync_warmup) % period == 0:
-                theta, outer_state = yield from outer_step(theta, x, outer, outer_state)
+            if sync(t):
+                theta, outer_state = yield from outer_step(theta, x, out, outer_state, out_lr(t))
                 x = theta
-                rounds += 1
-        yield Record(step=t + 1, round=rounds, x=x, loss=loss)
+        yield Record(step=t + 1, round=min(t + 1, sync_warmup) + sync.round(t), x=x, loss=loss)
     return x

@@ -12,33 +12,24 @@ Defaults from the authors' code: H=16, Nesterov momentum 0.9, weight decay 1e-4,
 the digits task's lr 0.1.
 A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
-from harness import schedules
 from harness.algorithms import register
-from harness.ops import AllReduce, Grad, Record, retrying
-from harness.schedules import LR
-from harness.transforms import sgd
+from harness.algorithms.blocks import Optimizer, Period, Steps, after, every, mean_average
+from harness.ops import Grad, Record
 
 
 @register("post_local_sgd")
-def post_local_sgd(ctx, x, *, switch: int | None = None, period: int = 16, lr: LR = 0.1, momentum: float = 0.9,
-                   nesterov: bool = True, weight_decay: float = 1e-4):
-    if period < 1:
-        raise ValueError(f"algorithm.period: must be >= 1, got {period}")
-    if switch is not None and switch < 0:
-        raise ValueError(f"algorithm.switch: must be >= 0, got {switch}")
+def post_local_sgd(ctx, x, *, switch: Steps | None = None, period: Period = 16,
+                   inner: Optimizer = Optimizer(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)):
     switch = ctx.steps // 2 if switch is None else switch
-    lr_at = schedules.make(lr, ctx.steps)
-    opt = sgd(1.0, momentum, nesterov, weight_decay)
-    state, rounds = opt.init(x), 0
+    opt, lr_at = inner.build(ctx.steps)
+    sync, state = after(switch).then(every(period)), opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
-        if t < switch:
-            g = yield from retrying(AllReduce(g, op="mean"))
-            rounds += 1
+        if t < switch:  # synchronous SGD: average the gradients
+            g = yield from mean_average(g)
         u, state = opt.update(g, state, x)
         x = x + lr_at(t) * u
-        if t >= switch and (t + 1 - switch) % period == 0:
-            x = yield from retrying(AllReduce(x, op="mean"))
-            rounds += 1
-        yield Record(step=t + 1, round=rounds, x=x, loss=loss)
+        if sync(t):  # Local SGD: average the models
+            x = yield from mean_average(x)
+        yield Record(step=t + 1, round=min(t + 1, switch) + sync.round(t), x=x, loss=loss)
     return x

@@ -9,21 +9,24 @@ Cost: one gradient-sized ring all-reduce per step, 2(n-1)/n model-sized vectors 
 arrive; the step time becomes the (n-b)-th order statistic of the compute times.
 """
 from harness.algorithms import register
+from harness.algorithms.blocks import Optimizer, Steps
 from harness.ops import AllReduce, Grad, Record, retrying
-from harness.transforms import sgd
 
 
-@register("sync_sgd")
-def sync_sgd(ctx, x, *, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-             backup: int = 0):
-    if not 0 <= backup < ctx.n_workers:
-        raise ValueError(f"algorithm.backup: must be in 0..n_workers-1 = {ctx.n_workers - 1}, got {backup}")
-    opt = sgd(lr, momentum, nesterov, weight_decay)
+def _check(p, n_workers):
+    if p["backup"] >= n_workers:
+        raise ValueError(f"algorithm.backup: must be in 0..n_workers-1 = {n_workers - 1}, got {p['backup']}")
+
+
+@register("sync_sgd", requires=lambda p: {"quorum"} if p["backup"] else set(), check=_check)
+def sync_sgd(ctx, x, *, inner: Optimizer = Optimizer(lr=0.1), backup: Steps = 0):
+    opt, lr_at = inner.build(ctx.steps)
     state = opt.init(x)
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         g = yield from retrying(AllReduce(g, op="mean", quorum=ctx.n_workers - backup if backup else None))
+        g = g.value if backup else g  # a quorum all-reduce also says who arrived (g.arrived)
         u, state = opt.update(g, state, x)
-        x = x + u
+        x = x + lr_at(t) * u
         yield Record(step=t + 1, round=t + 1, x=x, loss=loss)
     return x
