@@ -71,13 +71,20 @@ def test_objects_are_copied_and_gather_eval_goes_to_the_first_worker():
     assert X.tolist() == [[1.0, 1.0], [2.0, 2.0]] and C.tolist() == [[1.0, 7.0], [2.0, 7.0]]
 
 
-def test_exchange_on_a_ring():
+def test_exchange_on_a_ring_matches_each_edges_tag():
     def fn(tr):
         r, n = tr.rank, tr.size
-        return tr.exchange(torch.tensor([float(r)]), [(r + 1) % n], [(r - 1) % n], tag=3)
+        x = torch.tensor([float(r)])
+        first = tr.exchange(x, {(r + 1) % n: 3}, {(r - 1) % n: 3})
+        # both neighbours send with tag 9 then 8; receiving tag 8 first must skip the tag-9 message
+        tr.exchange(x + 10, {(r + 1) % n: 9}, {})
+        tr.exchange(x + 20, {(r + 1) % n: 8}, {})
+        return first, tr.exchange(x, {}, {(r - 1) % n: 8}), tr.exchange(x, {}, {(r - 1) % n: 9})
 
-    for r, got in enumerate(spmd(fn)):
-        assert list(got) == [(r - 1) % 3] and got[(r - 1) % 3].item() == (r - 1) % 3
+    for r, (first, t8, t9) in enumerate(spmd(fn)):
+        left = (r - 1) % 3
+        assert list(first) == [left] and first[left].item() == left
+        assert t8[left].item() == left + 20 and t9[left].item() == left + 10
 
 
 def test_recv_matches_source_and_tag_in_per_sender_order():
@@ -85,7 +92,7 @@ def test_recv_matches_source_and_tag_in_per_sender_order():
         t = lambda v: torch.tensor([float(v)])  # noqa: E731
         if tr.rank == 1:
             for v, tag in ((1, 5), (2, 7), (3, 5)):
-                tr.send(0, t(v), tag)
+                tr.send(0, t(v), tag, nbytes=v)  # a codec's wire size travels with the message
             tr.barrier()
         elif tr.rank == 2:
             tr.barrier()
@@ -93,9 +100,9 @@ def test_recv_matches_source_and_tag_in_per_sender_order():
         else:
             tr.barrier()
             got = [tr.recv(1, 7), tr.recv(-1, 5), tr.recv(-1, 5), tr.recv(-1, None)]
-            return [(s, tag, x.item()) for s, tag, x, _ in got]
+            return [(s, tag, x.item(), nbytes) for s, tag, x, _, nbytes in got]
 
-    assert spmd(fn)[0] == [(1, 7, 2.0), (1, 5, 1.0), (1, 5, 3.0), (2, 7, 4.0)]
+    assert spmd(fn)[0] == [(1, 7, 2.0, 2), (1, 5, 1.0, 1), (1, 5, 3.0, 3), (2, 7, 4.0, 4)]  # 4: float32 payload
 
 
 def test_injected_failure_raises_on_that_rank_and_peer_failed_on_the_others():
