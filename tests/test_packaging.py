@@ -61,7 +61,9 @@ def _build_wheel(tmp: Path, env) -> Path:
         shutil.copy2(ROOT / name, src / name)
     for name in PACKAGES:
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    isolation = ["--no-build-isolation", "--no-index"] if _version("setuptools") >= (68,) else []
+    # setuptools >= 70.1 builds wheels by itself; 68..70.0 needs the `wheel` package
+    here = _version("setuptools") >= (70, 1) or (_version("setuptools") >= (68,) and _version("wheel"))
+    isolation = ["--no-build-isolation", "--no-index"] if here else []
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", tmp / "dist", src], tmp, env)
     (wheel,) = (tmp / "dist").glob("harness-*.whl")
     return wheel
