@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness import algorithms, tasks
+from harness import algorithms, capabilities, tasks
 from simulators.compute import ComputeSpec
 from simulators.faults import FaultSpec
 from harness.cost import NetworkSpec
@@ -85,15 +85,11 @@ def resolve(raw: dict) -> RunConfig:
         raise ConfigError(f"task.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if algorithms.get(name).has_server and cfg.backend == "stacked":
-        raise ConfigError(f"backend: {name!r} is asynchronous (server and worker roles); the stacked backend runs "
-                          "lock-step algorithms only; use backend: simpy")
     try:
+        check_backend(cfg)
         cfg.network.check_workers(cfg.n_workers + (1 if algorithms.get(name).has_server else 0))
         if cfg.faults:
             cfg.faults.check_workers(cfg.n_workers)
-            if cfg.faults.policy == "continue" and cfg.backend == "stacked":
-                raise ValueError("faults.policy: 'continue' (permanent crashes) needs backend: simpy")
             if cfg.faults.policy == "continue" and cfg.topology is not None:
                 raise ValueError("faults.policy: permanent crashes are not modelled for gossip yet; "
                                  "use policy: wait, or model absent nodes with topology churn")
@@ -107,6 +103,25 @@ def resolve(raw: dict) -> RunConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return cfg
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """The run's features (its algorithm's, its config's) against what its backend supports
+    (:mod:`harness.capabilities`): one line before anything starts."""
+    name = cfg.algorithm["name"]
+    features = algorithms.requirements(name, cfg.algorithm) | capabilities.run_features(cfg)
+    if "server" in features and cfg.backend == "stacked":
+        raise ValueError(f"backend: {name!r} is asynchronous (server and worker roles); the stacked backend runs "
+                         "lock-step algorithms only; use backend: simpy")
+    if "gossip" in features and cfg.topology is None:
+        raise ValueError(f"topology: algorithm {name!r} gossips over a graph; set topology: {{name: ring}} "
+                         "(harness topology --list shows them)")
+    if "faults" in features and cfg.backend in ("mpi", "torch"):
+        raise ValueError(f"faults: crash injection is simulated (backend simpy or stacked); a {cfg.backend} run has "
+                         "real failures only; remove faults: from the config")
+    if "crash" in features and cfg.backend != "simpy":
+        raise ValueError("faults.policy: 'continue' (permanent crashes) needs backend: simpy")
+    capabilities.check(cfg.backend, features, f"algorithm {name!r}")
 
 
 def set_dotted(d: dict, key: str, value: Any) -> None:

@@ -8,9 +8,6 @@ are written atomically at the end, so a killed run is visibly unfinished, never 
 from __future__ import annotations
 
 import datetime as dt
-import platform
-import socket
-import sys
 import time
 from pathlib import Path
 
@@ -21,37 +18,9 @@ from harness.algorithms import Ctx
 from harness.config import RunConfig
 from harness.recording import Recorder
 from harness.tasks import Sampler, build_task
-from results.schema import HP_PREFIX
+from harness.runinfo import meta_columns, run_status, versions  # noqa: F401 (re-exported)
 from results.store import METRICS, RUN_JSON, write_json, write_table
 
-
-
-def versions() -> dict:
-    import numpy
-    import pandas
-    import simpy
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-            "pandas": pandas.__version__, "simpy": simpy.__version__, "harness": _harness_version(),
-            "platform": platform.platform(), "host": socket.gethostname()}
-
-
-def _harness_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("harness")
-    except PackageNotFoundError:
-        return "dev"
-
-
-def meta_columns(cfg: RunConfig, backend: str) -> dict:
-    """The constant columns of every row of this run's table."""
-    meta = {"run_id": cfg.run_id, "algorithm": cfg.algorithm["name"], "backend": backend, "task": cfg.task["name"],
-            "partition": str(cfg.task.get("partition", "")), "topology": cfg.topology["name"] if cfg.topology else "none",
-            "n_workers": cfg.n_workers, "seed": cfg.seed}
-    meta.update({HP_PREFIX + k: v for k, v in cfg.algorithm.items() if k != "name"})
-    return meta
 
 
 def build(cfg: RunConfig, on_eval=None):
@@ -86,15 +55,6 @@ def simulate(cfg: RunConfig, on_eval=None):
     backend, x0 = build(cfg, on_eval)
     final = backend.execute(x0)
     return backend.run.recorder.frame(), final
-
-
-def run_status(run_dir: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((run_dir / RUN_JSON).read_text()).get("status")
-    except (OSError, ValueError):
-        return None
 
 
 def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,

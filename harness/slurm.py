@@ -69,7 +69,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 def pending(runs, out: Path) -> list[int]:
     """Indices of the runs that have not finished in ``out``."""
-    from harness.experiment import run_status
+    from harness.runinfo import run_status
 
     return [i for i, cfg in enumerate(runs) if run_status(out / cfg.run_id) != "finished"]
 

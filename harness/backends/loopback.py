@@ -64,6 +64,7 @@ class LoopbackWorld:
         self.waiting: dict[int, str] = {}  # blocked ranks (since the last change) -> what they wait for
         self.aborted: str | None = None
         self.deadlock: str | None = None
+        self.windows: dict[int, torch.Tensor] = {}  # rank -> its one-sided window
 
     def inject(self, rank: int, exc: BaseException | None = None, op: str | None = None, after: int = 0) -> None:
         """``rank``'s next call of transport method ``op`` (``None``: any but ``describe``,
@@ -173,8 +174,9 @@ class LoopbackTransport(Transport):
                 del w.slots[(group, members, seq)]
             return [vals[j] for j in members]
 
-    def _post(self, dst: int, channel: str, tag: int, x: torch.Tensor) -> None:  # cv held
-        self.world.mail[dst].append((self.rank, channel, tag, x.detach().clone()))
+    def _post(self, dst: int, channel: str, tag: int, x) -> None:  # cv held; x: a tensor or (tensor, bytes)
+        x = (x[0].detach().clone(), x[1]) if isinstance(x, tuple) else x.detach().clone()
+        self.world.mail[dst].append((self.rank, channel, tag, x))
         self.world.changed()
 
     def _take(self, src: int, channel: str, tag: int | None, what: str):
@@ -224,26 +226,49 @@ class LoopbackTransport(Transport):
             return None
         return torch.stack([v[0] for v in vals]), np.stack([v[1] for v in vals])
 
-    def exchange(self, x, outs, ins, tag):
+    def exchange(self, x, outs, ins):
         with self.world.cv:
             self._enter("exchange")
-            for j in outs:
-                self._post(j, "gossip", tag, x)
-            return {j: self._take(j, "gossip", tag, f"exchange (tag {tag}) from rank {j}")[3] for j in ins}
+            for j, t in outs.items():
+                self._post(j, "gossip", t, x)
+            return {j: self._take(j, "gossip", t, f"exchange (tag {t}) from rank {j}")[3] for j, t in ins.items()}
 
-    def send(self, dst, x, tag):
+    def send(self, dst, x, tag, nbytes=None):
         with self.world.cv:
             self._enter("send")
             if not 0 <= dst < self.size:
                 raise LoopbackError(f"send: dst={dst} is not a rank in 0..{self.size - 1}")
-            self._post(dst, "p2p", tag, x)
+            self._post(dst, "p2p", tag, (x, x.numel() * x.element_size() if nbytes is None else nbytes))
 
     def recv(self, src, tag):
         t0 = time.perf_counter()
         with self.world.cv:
             self._enter("recv")
-            s, _, got_tag, x = self._take(src, "p2p", tag, f"recv from {'any rank' if src < 0 else f'rank {src}'}")
-        return s, got_tag, x, time.perf_counter() - t0
+            s, _, got_tag, (x, nbytes) = self._take(src, "p2p", tag,
+                                                    f"recv from {'any rank' if src < 0 else f'rank {src}'}")
+        return s, got_tag, x, time.perf_counter() - t0, nbytes
+
+    def win_create(self, x):
+        """Every rank's window: one tensor like ``x`` in the shared world (one lock for all,
+        so every update is atomic)."""
+        self._collective("win_create", "world", None)
+        with self.world.cv:
+            self.world.windows[self.rank] = x.detach().clone()
+
+    def win_update(self, ranks, fn):
+        with self.world.cv:
+            self._enter("win_update")
+            win = self.world.windows
+            missing = [r for r in ranks if r not in win]
+            if missing:
+                raise LoopbackError(f"win_update: ranks {missing} have no window (win_create was not called)")
+            vals = [win[r].clone() for r in ranks]
+            if fn is None:
+                return vals
+            new = [v.detach().clone() for v in fn(vals)]
+            for r, v in zip(ranks, new):
+                win[r] = v
+            return new
 
     def finish(self):  # sends are delivered at once: nothing is in flight
         with self.world.cv:

@@ -1,12 +1,15 @@
 """MPI transport (mpi4py): ``mpiexec -n N harness run CONFIG --backend mpi``, or ``srun``.
 
 Four duplicates of ``COMM_WORLD`` keep traffic kinds apart: ``world`` (barriers, object
-gathers), ``gossip`` (neighbour exchange, tag = step), ``hdr`` + ``data`` (point-to-point
+gathers, the RMA window), ``gossip`` (neighbour and member exchanges, one tag per edge), ``hdr`` + ``data`` (point-to-point
 messages: a small header with the user tag, dtype and shape, then the payload with the
 same tag, so ``Recv(ANY)`` learns the sender and size by receiving the header first).
 Collectives run on ``workers`` (all ranks, or ranks 1..n with a server). CPU tensors
 travel as numpy views (no copies); CUDA tensors are handed to mpi4py directly (DLPack /
-CUDA array interface), which needs a CUDA-aware MPI (not tested here).
+CUDA array interface), which needs a CUDA-aware MPI (not tested here). One-sided ops use a
+passive-target RMA window (``MPI.Win``) of one model-shaped tensor per rank, locked
+exclusively in ascending rank order; MPIs without an asynchronous progress engine may
+complete them only when the target next enters MPI (MPICH: ``MPICH_ASYNC_PROGRESS=1``).
 """
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ import torch
 
 from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
-GOSSIP_TAGS = 32767  # MPI guarantees tags up to at least 32767
 
 
 def _import_mpi():
@@ -37,7 +39,7 @@ class MPITransport(Transport):
         w = MPI.COMM_WORLD
         self.rank, self.size = w.Get_rank(), w.Get_size()
         self.world, self.gossip_comm, self.hdr, self.data = (w.Dup() for _ in range(4))
-        self.workers = None
+        self.workers = self.win = None
         self.pending: list = []  # (request, keep-alive buffers) of sends not known to be complete
 
     def describe(self) -> str:
@@ -83,19 +85,44 @@ class MPITransport(Transport):
         self.workers.Allgather(self._buf(x), self._buf(out))
         return out
 
-    def exchange(self, x, outs, ins, tag):
+    def exchange(self, x, outs, ins):
         x = x.detach().contiguous()
-        tag = tag % GOSSIP_TAGS
         sb = self._buf(x)
-        reqs = [self.gossip_comm.Isend(sb, dest=j, tag=tag) for j in outs]
+        reqs = [self.gossip_comm.Isend(sb, dest=j, tag=t) for j, t in outs.items()]
         got = {j: torch.empty_like(x) for j in ins}
-        reqs += [self.gossip_comm.Irecv(self._buf(got[j]), source=j, tag=tag) for j in ins]
+        reqs += [self.gossip_comm.Irecv(self._buf(got[j]), source=j, tag=t) for j, t in ins.items()]
         self.MPI.Request.Waitall(reqs)
         return got
 
-    def send(self, dst, x, tag):
+    def win_create(self, x):
+        self.win_buf = x.detach().clone().contiguous()
+        self.win = self.MPI.Win.Create(self._buf(self.win_buf), disp_unit=self.win_buf.element_size(), comm=self.world)
+
+    def win_update(self, ranks, fn):
+        win, MPI = self.win, self.MPI
+        for r in ranks:
+            win.Lock(r, MPI.LOCK_EXCLUSIVE)
+        try:
+            vals = []
+            for r in ranks:
+                v = torch.empty_like(self.win_buf)
+                win.Get(self._buf(v), r)
+                win.Flush(r)
+                vals.append(v)
+            if fn is None:
+                return vals
+            new = [v.detach().to(self.win_buf.dtype).contiguous() for v in fn(vals)]
+            for r, v in zip(ranks, new):
+                win.Put(self._buf(v), r)
+                win.Flush(r)
+            return new
+        finally:
+            for r in reversed(ranks):
+                win.Unlock(r)
+
+    def send(self, dst, x, tag, nbytes=None):
         x = x.detach().contiguous()
-        h = np.array(header(x, tag), dtype=np.int64)
+        h = np.array(header(x, tag, nbytes), dtype=np.int64)
         self.pending.append((self.hdr.Isend(h, dest=dst, tag=tag), h))
         self.pending.append((self.data.Isend(self._buf(x), dest=dst, tag=tag), x))
         self._prune()
@@ -111,10 +138,10 @@ class MPITransport(Transport):
                       status=status)
         waited = time.perf_counter() - t0
         s, got_tag = status.Get_source(), status.Get_tag()
-        _, dtype, shape = from_header(h)
+        _, dtype, shape, nbytes = from_header(h)
         x = torch.empty(shape, dtype=dtype)
         self.data.Recv(self._buf(x), source=s, tag=got_tag)
-        return s, got_tag, x, waited
+        return s, got_tag, x, waited, nbytes
 
     def gather_eval(self, x, counters):
         x = x.contiguous()
@@ -132,6 +159,9 @@ class MPITransport(Transport):
             self.pending = []
 
     def close(self):
+        if self.win is not None:
+            self.win.Free()
+            self.win = None
         for c in (self.workers, self.gossip_comm, self.hdr, self.data, self.world):
             if c is not None and c != self.MPI.COMM_NULL:
                 c.Free()

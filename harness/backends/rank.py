@@ -1,37 +1,37 @@
 """One rank of a real run: drive the algorithm generator on this rank's ``[d]`` model.
 
-The same interpreter serves every real backend; a backend only supplies a
-:class:`Transport`. Semantics mirror ``simulators/simpy_backend.py`` op by op, so that a
-run ends with the same parameters and the same table (counters aside from time):
+The same interpreter serves every real backend (MPI, torch.distributed, the in-process
+loopback); a backend only supplies a :class:`Transport`. What each op computes comes
+from the op (``combine``, ``Gossip.mix``, codecs) and what it costs from
+:mod:`harness.cost`, exactly as in the simulators, so a run ends with the same parameters
+and the same table (counters aside from time):
 
-* ``Grad``      this worker's minibatch from ``harness.tasks.Sampler`` (same seed, same
-                per-worker stream) and ``task.loss_and_grad`` on ``[d]``.
+* ``Grad``      this worker's minibatch from ``harness.tasks.Sampler.draw`` (same seed, same
+                per-worker stream; ``part=`` and ``members=`` as in the simulators).
 * ``Compute``   ``time.sleep(cost * t_unit)``, ``t_unit`` = this rank's measured time of one
-                minibatch gradient (median of 3 before the start barrier). Sleeping keeps the
-                abstract cost honest without competing for cores with other ranks.
-* ``AllReduce`` native sum over the workers, then ``/ n`` for ``mean``.
-* ``AllGather`` native all-gather into ``[n, *x]``.
-* ``Gossip``    non-blocking sends to ``W(step)``'s out-neighbours and receives from its
-                in-neighbours, then ``sum_j W[i, j] x_j`` over ``j`` in ascending order (the
-                SimPy expression, so float results are bit-identical).
+                minibatch gradient (median of 3 before the start barrier).
+* collectives   all workers, no codec: the transport's native sum (``/ m`` for mean); with
+                a codec or a member subset: the members' round-tripped payloads are
+                exchanged and combined in worker order (:mod:`harness.backends.rank_comm`).
+* ``Gossip``    sends to ``W(step)``'s out-neighbours and receives from its in-neighbours,
+                tagged by per-edge sequence numbers, then ``Gossip.mix`` in ascending order.
+* one-sided     ``Put``/``Get``/``Accumulate``/``Exchange`` on windows (MPI RMA, loopback).
 * ``Rate``      compute units done / compute seconds so far (wall clock).
-* ``Start/Wait`` the collective is completed at ``Start`` (same numbers as the simulators;
-                real overlap with computation is not implemented yet), ``Wait`` returns it.
+* ``Start/Wait`` the collective is completed at ``Start`` (same numbers, no overlap yet).
 * ``Rand``      ``numpy.random.default_rng([seed, i, 17])``, the stream of
                 ``simulators.base.Simulator.draw`` (the server uses ``i = n_workers``).
 * ``Send/Recv`` buffered sends; receives from a rank or ``ANY`` source, any or one tag.
-* ``Record``    saves this worker's counters; they become rows through
-                ``Recorder.worker`` after the run. At evaluation steps the workers' models
-                and counters are gathered to rank 0 for the consensus row
-                (``Recorder.consensus``; not counted in bytes or time). With
-                ``server=True`` algorithms the server's ``Record`` is the consensus row
-                (its own model and counters) and workers gather nothing.
+* ``Record``    keeps this worker's counters; they become rows after the run. At
+                evaluation steps the workers' models (and ``eval_x``) and counters are
+                gathered to rank 0 for the consensus row (not counted in bytes or time).
+                With ``server=True`` the server's ``Record`` is the consensus row, or an
+                ``update`` row when it carries ``staleness``.
 
 Time is wall clock since a start barrier. ``compute_s`` = ``Grad``/``Compute`` plus the
 algorithm's own maths between ops; ``comm_s`` = time inside communication ops; ``idle_s`` =
-the part of a ``Recv`` spent waiting for a message to arrive (collectives: 0). The clock
-is *paused* during the evaluation gather of ``Record``, and test metrics of consensus rows
-are computed after the run, so evaluation never shows up as training time. Bytes come from ``harness.comm`` on the actual payloads, like the simulators.
+the part of a ``Recv`` spent waiting for a message to arrive. The clock is *paused*
+during the evaluation gather, and test metrics of consensus rows are computed after the
+run, so evaluation never shows up as training time.
 """
 from __future__ import annotations
 
@@ -41,21 +41,22 @@ import time
 import numpy as np
 import torch
 
-from harness import algorithms, comm, ops
+from harness import algorithms, ops
 from harness.algorithms import Ctx
 from harness.backends.launch import op_timeout_s
-from harness.recording import COUNTERS, Recorder, Stats
+from harness.backends.rank_comm import CommHandlers
+from harness.backends.transport import COUNTER_VALUES, Clock, Counters, DeferredRecorder, Transport, Watchdog
+from harness.cost import Traffic
+from harness.recording import COUNTERS, Stats
+from harness.runinfo import meta_columns
 from harness.tasks import Sampler, build_task
 
-from harness.backends.transport import COUNTER_VALUES, Transport, Clock, Watchdog, Counters, DeferredRecorder
 
-
-class RankDriver:
+class RankDriver(CommHandlers):
     on_op = None  # optional callback(op) before each op's handler: op traces for harness.backends.loopback
 
     def __init__(self, cfg, tr: Transport, on_timeout):
         import topologies
-        from harness.experiment import meta_columns
 
         self.cfg, self.tr = cfg, tr
         self.alg = algorithms.get(cfg.algorithm["name"])
@@ -76,16 +77,20 @@ class RankDriver:
         self.stats = Stats(1 if self.role == "server" else self.n)  # rows read counters from here
         self.ctr = Counters()  # ... which are kept here and copied over when rows are written
         self.logged: list[tuple] = []  # (step, round, counters, loss, metrics) per worker row, see _write_rows
-        self._traffic: dict = {}  # (kind, nbytes) -> comm.Traffic
+        self._costs: dict = {}  # cached harness.cost results, see rank_comm
         self.rec = DeferredRecorder(meta_columns(cfg, cfg.backend), self.n, cfg.steps, self.task.evaluate,
                                     cfg.eval_every, cfg.log_every)
         self.clock = Clock()
         self.mark = 0.0  # clock time at which the current op began / the last timed op ended
         self.dog = Watchdog(op_timeout_s(), on_timeout)
-        self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._allreduce,
-                         ops.AllGather: self._allgather, ops.Gossip: self._gossip, ops.Rand: self._rand,
+        self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._collective,
+                         ops.AllGather: self._collective, ops.Gossip: self._gossip, ops.Rand: self._rand,
                          ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
-                         ops.Rate: self._rate, ops.Start: self._start, ops.Wait: self._wait}
+                         ops.Rate: self._rate, ops.Start: self._start, ops.Wait: self._wait,
+                         ops.Neighbors: self._neighbors, ops.Put: self._onesided, ops.Accumulate: self._onesided,
+                         ops.Get: self._onesided, ops.Exchange: self._onesided}
+        self.all_ids = tuple(range(self.n))
+        self.seq: dict = {}  # (member set) -> collectives done over it; ("g", src, dst) -> gossip messages
         self.units, self.pending = 0.0, []  # compute units done (Rate); started collectives
         self.step_hint = 0  # last recorded step, for error messages
 
@@ -107,6 +112,8 @@ class RankDriver:
         if self.tr.rank == 0:
             self.rec.consensus(0, 0, x0.expand(self.n, -1), Stats(self.n).counters())
         gen = self.alg(ctx, x0.clone(), **self.params)
+        if "onesided" in algorithms.requirements(self.cfg.algorithm["name"], self.params):
+            self._comm("creating the windows", self.tr.win_create, None, x0)  # collective: every rank
         self._comm("the start barrier", self.tr.barrier)
         self.ctr = Counters()  # the barrier does not count
         self.clock.start()
@@ -157,20 +164,29 @@ class RankDriver:
         self.ctr.compute_s += t1 - self.mark
         self.ctr.time = self.mark = t1
 
+    def _member(self, op) -> tuple[tuple[int, ...], bool]:
+        ids = self.all_ids if op.members is None else ops.member_ids(op.members, self.n)
+        return ids, self.i in ids
+
     def _grad(self, op):
         if self.role == "server":
             raise ValueError("Grad: the server rank has no data shard; only workers compute gradients")
-        out = self.task.loss_and_grad(op.x, self.sampler.worker(self.i, op.batches))
+        if not self._member(op)[1]:
+            return torch.tensor(float("nan"), dtype=op.x.dtype), torch.zeros_like(op.x)
+        part = None if op.part is None else int(op.part)
+        out = self.task.loss_and_grad(op.x, self.sampler.draw(self.i, part, op.batches), self.i)
         self._hold_done()
         self.units += op.batches
         return out
 
     def _compute(self, op):
+        if not self._member(op)[1]:
+            return None
         time.sleep(max(0.0, float(op.cost)) * self.t_unit)
         self._hold_done()
         self.units += float(op.cost)
 
-    def _comm(self, desc, fn, traffic: comm.Traffic | None = None, *args):
+    def _comm(self, desc, fn, traffic: Traffic | None = None, *args):
         """``fn(*args)`` timed as communication, under the watchdog."""
         self.dog.busy(desc)
         try:
@@ -187,79 +203,21 @@ class RankDriver:
             ctr.messages += traffic.messages
         return out
 
-    def traffic(self, kind: str, nbytes: int, *args) -> comm.Traffic:
-        key = (kind, nbytes, args)
-        t = self._traffic.get(key)
-        if t is None:
-            t = self._traffic[key] = getattr(comm, kind)(nbytes, *args)
-        return t
-
-    def _allreduce(self, op):
-        if getattr(op, "quorum", None) and op.quorum < self.n:
-            raise ValueError(f"AllReduce.quorum={op.quorum}: backup workers (reduce the first k arrivals) are "
-                             f"simulated only; use --backend simpy or stacked, or backup: 0")
-        nbytes = comm.payload_bytes(op.x, stacked=False)
-        out = self._comm("AllReduce", self.tr.allreduce_sum, self.traffic("ring_allreduce", nbytes, self.n), op.x)
-        return out / self.n if op.op == "mean" else out
-
-    def _allgather(self, op):
-        nbytes = comm.payload_bytes(op.x, stacked=False)
-        return self._comm("AllGather", self.tr.allgather, self.traffic("ring_allgather", nbytes, self.n), op.x)
-
-    def _gossip(self, op):
-        if self.topology is None:
-            raise ValueError(f"topology: algorithm {self.cfg.algorithm['name']!r} yields Gossip; "
-                             "set topology: {name: ring} in the config")
-        if self.role == "server":
-            raise ValueError("Gossip: the server rank is not a node of the topology")
-        i, topo = self.i, self.topology
-        outs, ins = topo.out_neighbors(i, op.step), topo.in_neighbors(i, op.step)
-        nbytes = comm.payload_bytes(op.x, stacked=False)
-        got = self._comm(f"Gossip step {op.step}",
-                         lambda: self.tr.exchange(op.x, [j + self.off for j in outs], [j + self.off for j in ins],
-                                                  op.step),
-                         self.traffic("gossip", nbytes, len(outs), len(ins)))
-        got = {j: got[j + self.off] for j in ins}
-        got[i] = op.x
-        w = topo.W(op.step)[i]
-        return sum(float(w[j]) * got[j] for j in sorted(got))
-
     def _rate(self, op):
         busy = self.ctr.compute_s
         return torch.tensor(self.units / busy if busy > 0 else 0.0, dtype=torch.float64)
 
-    def _start(self, op):
-        # The real backends complete the collective here (same numbers as the simulators,
-        # no overlap yet); Wait hands the result back.
-        self.pending.append({ops.AllReduce: self._allreduce, ops.AllGather: self._allgather}[type(op.op)](op.op))
-        return ops.Handle(len(self.pending) - 1)
-
-    def _wait(self, op):
-        return self.pending[op.handle.id]
-
     def _rand(self, op):
         return torch.tensor(self.rng.random(), dtype=torch.float64)
-
-    def _send(self, op):
-        if not 0 <= op.dst < self.tr.size or op.dst == self.tr.rank:
-            raise ValueError(f"Send: dst={op.dst} is not another rank in 0..{self.tr.size - 1}")
-        nbytes = comm.payload_bytes(op.x, stacked=False)
-        self._comm("Send", lambda: self.tr.send(op.dst, op.x, op.tag), self.traffic("gossip", nbytes, 1, 0))
-
-    def _recv(self, op):
-        src = -1 if op.src == ops.ANY else op.src
-        s, tag, x, waited = self._comm(f"Recv from {'any rank' if src < 0 else f'rank {src}'}",
-                                       lambda: self.tr.recv(src, op.tag))
-        waited = min(waited, self.ctr.comm_s)
-        self.ctr.comm_s -= waited
-        self.ctr.idle_s += waited
-        self.ctr.add_traffic(self.traffic("gossip", comm.payload_bytes(x, stacked=False), 0, 1))
-        return ops.Message(s, tag, x)
 
     def _record(self, op):
         rec, step = self.rec, op.step
         self.ctr.time = self.mark
         self.step_hint = step
+        if op.staleness is not None:  # a server's update row
+            src = (op.src - self.off) if op.src is not None else self.i
+            rec.update(src, step, op.staleness, self.ctr.into(self.stats, self.k), self.k)
+            return None
         evaluate = rec.is_eval(step)
         if not evaluate and step % rec.log_every and step != rec.steps:
             return None  # no row at this step (log_every)
@@ -269,18 +227,22 @@ class RankDriver:
             self.logged.append((step, op.round, COUNTER_VALUES(ctr), loss, op.metrics))
         if not evaluate:
             return None
+        x = op.x.detach()
+        e = None if op.eval_x is None else op.eval_x.detach()
         self.clock.pause()
         try:
             if self.role == "server":
-                rec.consensus(step, op.round, op.x.detach().reshape(1, -1), ctr.into(self.stats, self.k).counters())
+                rec.consensus(step, op.round, x.reshape(1, -1), ctr.into(self.stats, self.k).counters(),
+                              None if e is None else e.reshape(1, -1))
                 return None
             if not self.server_alg:
                 self.dog.busy(f"the evaluation gather of step {step}")
-                got = self.tr.gather_eval(op.x.detach(), self.ctr.snapshot())
+                got = self.tr.gather_eval(x if e is None else torch.cat([x, e]), self.ctr.snapshot())
                 self.dog.idle()
                 if got is not None:
                     X, C = got
-                    rec.consensus(step, op.round, X, dict(zip(COUNTERS, C.T)))
+                    E = None if e is None else X[:, x.numel():]
+                    rec.consensus(step, op.round, X[:, :x.numel()], dict(zip(COUNTERS, C.T)), E)
         finally:
             self.clock.resume()
         return None

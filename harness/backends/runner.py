@@ -26,7 +26,7 @@ def add_worker_counters(rows: list[dict]) -> None:
 
     per: dict[int, list[dict]] = {}
     for r in rows:
-        if r["worker"] >= 0:
+        if r["worker"] >= 0 and r.get("event") == "step":  # not the server's update rows
             per.setdefault(r["worker"], []).append(r)
     for w in per.values():
         w.sort(key=lambda r: r["time_s"])
@@ -63,7 +63,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     from harness.backends import PARAMS_FILE
     from harness.backends.launch import save_params as write_params
     from harness.config import ConfigError
-    from harness.experiment import run_status, versions
+    from harness.runinfo import run_status, versions
     from results.store import METRICS, RUN_JSON, write_json, write_table
 
     run_dir = Path(out) / cfg.run_id

@@ -131,20 +131,19 @@ class TorchTransport(Transport):
         gather(out, src.reshape(-1), group=self.workers)
         return out.reshape(n, *x.shape).to(x.device)
 
-    def exchange(self, x, outs, ins, tag):
+    def exchange(self, x, outs, ins):
         dist = self.dist
         src = self._dev(x)
-        tag = GOSSIP_TAG0 + tag % (1 << 30)
         got = {j: torch.empty_like(src) for j in ins}
-        p2p = [dist.P2POp(dist.isend, src, j, tag=tag) for j in outs]
-        p2p += [dist.P2POp(dist.irecv, got[j], j, tag=tag) for j in ins]
+        p2p = [dist.P2POp(dist.isend, src, j, tag=GOSSIP_TAG0 + t) for j, t in outs.items()]
+        p2p += [dist.P2POp(dist.irecv, got[j], j, tag=GOSSIP_TAG0 + t) for j, t in ins.items()]
         if p2p:
             for w in dist.batch_isend_irecv(p2p):
                 w.wait()
         return {j: t.to(x.device) for j, t in got.items()}
 
-    def send(self, dst, x, tag):
-        h = torch.tensor(header(x, tag), dtype=torch.int64)
+    def send(self, dst, x, tag, nbytes=None):
+        h = torch.tensor(header(x, tag, nbytes), dtype=torch.int64)
         buf = self._dev(x)
         self.works.append((self.dist.isend(h, dst, group=self.ctrl, tag=HDR_TAG), h))
         self.works.append((self.dist.isend(buf, dst, tag=PAYLOAD_TAG), buf))
@@ -156,19 +155,20 @@ class TorchTransport(Transport):
 
         for k, m in enumerate(self.queue):
             if match(m):
-                return (*self.queue.pop(k), 0.0)
+                s, t, x, nbytes = self.queue.pop(k)
+                return s, t, x, 0.0, nbytes
         waited = 0.0
         while True:
             h = torch.empty(HEADER_LEN, dtype=torch.int64)
             t0 = time.perf_counter()
             s = self.dist.recv(h, src=None if src < 0 else src, group=self.ctrl, tag=HDR_TAG)
             waited += time.perf_counter() - t0
-            got_tag, dtype, shape = from_header(h.tolist())
+            got_tag, dtype, shape, nbytes = from_header(h.tolist())
             x = torch.empty(shape, dtype=dtype, device=self.device)
             self.dist.recv(x, src=s, tag=PAYLOAD_TAG)
-            m = (s, got_tag, x.cpu())
+            m = (s, got_tag, x.cpu(), nbytes)
             if match(m):
-                return (*m, waited)
+                return m[0], m[1], m[2], waited, m[3]
             self.queue.append(m)
 
     def gather_eval(self, x, counters):

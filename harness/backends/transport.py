@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from harness import comm
+from harness.cost import Traffic
 from harness.recording import COUNTERS, Recorder, Stats
 
 
@@ -20,20 +20,23 @@ from harness.recording import COUNTERS, Recorder, Stats
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
           torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)
 MAX_DIMS = 8
-HEADER_LEN = 3 + MAX_DIMS  # tag, dtype code, ndim, shape...
+HEADER_LEN = 4 + MAX_DIMS  # tag, dtype code, wire bytes, ndim, shape...
 
 
-def header(x: torch.Tensor, tag: int) -> list[int]:
+def header(x: torch.Tensor, tag: int, nbytes: int | None = None) -> list[int]:
+    """``nbytes``: the payload's size on the wire (its codec's), counted by the receiver."""
     if x.dim() > MAX_DIMS:
         raise ValueError(f"Send: tensors of at most {MAX_DIMS} dimensions, got {x.dim()}")
     if x.dtype not in DTYPES:
         raise ValueError(f"Send: unsupported dtype {x.dtype}")
-    return [int(tag), DTYPES.index(x.dtype), x.dim(), *x.shape, *[0] * (MAX_DIMS - x.dim())]
+    nbytes = x.numel() * x.element_size() if nbytes is None else nbytes
+    return [int(tag), DTYPES.index(x.dtype), int(nbytes), x.dim(), *x.shape, *[0] * (MAX_DIMS - x.dim())]
 
 
-def from_header(h) -> tuple[int, torch.dtype, tuple[int, ...]]:
+def from_header(h) -> tuple[int, torch.dtype, tuple[int, ...], int]:
+    """``(tag, dtype, shape, wire bytes)``."""
     h = [int(v) for v in h]
-    return h[0], DTYPES[h[1]], tuple(h[3:3 + h[2]])
+    return h[0], DTYPES[h[1]], tuple(h[4:4 + h[3]]), h[2]
 
 
 class Transport:
@@ -52,9 +55,19 @@ class Transport:
     def gather_obj(self, obj) -> list | None: ...
     def allreduce_sum(self, x: torch.Tensor) -> torch.Tensor: ...
     def allgather(self, x: torch.Tensor) -> torch.Tensor: ...
-    def exchange(self, x: torch.Tensor, outs: list[int], ins: list[int], tag: int) -> dict[int, torch.Tensor]: ...
-    def send(self, dst: int, x: torch.Tensor, tag: int) -> None: ...
-    def recv(self, src: int, tag: int | None) -> tuple[int, int, torch.Tensor, float]: ...
+    def exchange(self, x: torch.Tensor, outs: dict[int, int], ins: dict[int, int]) -> dict[int, torch.Tensor]:
+        """Send ``x`` to every rank of ``outs`` and receive a tensor shaped like ``x`` from
+        every rank of ``ins``; each edge has its own tag (``{rank: tag}``)."""
+    def send(self, dst: int, x: torch.Tensor, tag: int, nbytes: int | None = None) -> None: ...
+    def recv(self, src: int, tag: int | None) -> tuple[int, int, torch.Tensor, float, int]:
+        """``(src, tag, x, seconds waited, wire bytes)``."""
+    def win_create(self, x: torch.Tensor) -> None:
+        """Collective over all ranks: every rank exposes a window holding one tensor like ``x``."""
+        raise NotImplementedError(f"backend {self.name}: no one-sided windows; use backend mpi or simpy")
+    def win_update(self, ranks: list[int], fn) -> list[torch.Tensor]:
+        """Lock the windows of ``ranks`` (ascending), read them, write ``fn(values)`` unless
+        ``fn`` is None, unlock; return what was written (or read). Atomic per window."""
+        raise NotImplementedError(f"backend {self.name}: no one-sided windows; use backend mpi or simpy")
     def gather_eval(self, x: torch.Tensor, counters: np.ndarray): ...
     def finish(self) -> None: ...
     def close(self) -> None: ...
@@ -131,7 +144,7 @@ class Counters:
         for c in COUNTERS:
             setattr(self, c, 0 if c == "messages" else 0.0)
 
-    def add_traffic(self, t: comm.Traffic):
+    def add_traffic(self, t: Traffic):
         self.bytes_sent += t.sent
         self.bytes_recv += t.recv
         self.messages += t.messages
@@ -155,13 +168,13 @@ class DeferredRecorder(Recorder):
         self._later: list[tuple[dict, torch.Tensor]] = []
         self._evaluate = self.evaluate
 
-    def consensus(self, step, rnd, X, counters):
+    def consensus(self, step, rnd, X, counters, E=None):
         self.evaluate = lambda xbar: {}
         try:
-            super().consensus(step, rnd, X, counters)
+            super().consensus(step, rnd, X, counters, E)
         finally:
             self.evaluate = self._evaluate
-        self._later.append((self.rows[-1], X.mean(0)))
+        self._later.append((self.rows[-1], (X if E is None else E).mean(0)))
 
     def finish(self):
         for row, xbar in self._later:
