@@ -23,6 +23,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable
 
+import torch
 from pydantic import ConfigDict, ValidationError, create_model
 
 from harness.transforms import Optimizer
@@ -52,6 +53,15 @@ class Ctx:
     def mine(self, gathered):
         """This worker's entry of a gathered ``[..., n]`` tensor (``[]``, or ``[n]`` stacked)."""
         return gathered.gather(-1, self.index.unsqueeze(-1)).squeeze(-1)
+
+    def member(self, members):
+        """Whether this worker is in ``members`` (ids or a mask, as ``members=`` of the ops):
+        a bool ``[]``, or ``[n]`` stacked; ``.unsqueeze(-1)`` masks a model in ``torch.where``."""
+        from harness.ops import member_ids
+
+        mask = torch.zeros(self.n_workers, dtype=torch.bool)
+        mask[list(member_ids(members, self.n_workers))] = True
+        return mask[self.index]
 
 
 def register(name: str, server: bool = False, requires: set[str] | Callable[[dict], set[str]] = frozenset(),

@@ -12,7 +12,7 @@ settings in ALGORITHMS.md) and the paper's moving rate beta=0.9 (ALGORITHMS.md's
 makes the pull weak at n=16; set it in the config to compare).
 """
 from harness.algorithms import register
-from harness.algorithms.blocks import Fraction, Optimizer, Period, every
+from harness.algorithms.blocks import Fraction, Optimizer, Period, every, Versions
 from harness.ops import ANY, SERVER, Grad, Record, Recv, Send
 
 
@@ -21,11 +21,16 @@ def async_easgd(ctx, x, *, tau: Period = 4, beta: Fraction = 0.9, inner: Optimiz
     alpha = beta / ctx.n_workers
     exchanges = ctx.steps // tau
     if ctx.role == "server":
+        versions = Versions()
         for k in range(ctx.n_workers * exchanges):
             msg = yield Recv(ANY)
+            stale = versions.staleness(msg.src)
             e = alpha * (msg.x - x)
             x = x + e
+            versions.applied()
             yield Send(msg.src, e)
+            versions.sent(msg.src)
+            yield Record(step=k // ctx.n_workers * tau, x=x, staleness=stale, src=msg.src)
             if (k + 1) % ctx.n_workers == 0:  # one "step" of the center = n exchanges, tau steps each
                 yield Record(step=(k + 1) // ctx.n_workers * tau, round=k + 1, x=x)
         return x

@@ -21,7 +21,7 @@ rounds. Cost per round: 1 vector up, 1 down (+ a few scalars). The inner optimiz
 import torch
 
 from harness.algorithms import register
-from harness.algorithms.blocks import NonNegative, Optimizer, Period, Steps
+from harness.algorithms.blocks import NonNegative, Optimizer, Period, Steps, Versions
 from harness.ops import ANY, SERVER, Grad, Rate, Record, Recv, Send
 
 
@@ -33,9 +33,11 @@ def async_local_sgd(ctx, x, *, period: Period = 16, inner: Optimizer = Optimizer
     N = buffer or n  # Delayed Nesterov buffer size (default: the number of workers)
     if ctx.role == "server":
         m, acc, rates = torch.zeros_like(x), torch.zeros_like(x), torch.zeros(n + 1, dtype=torch.float64)
+        versions = Versions()
         for k in range(1, n * rounds + 1):
             msg = yield Recv(ANY)
             rates[msg.src] = (yield Recv(msg.src)).x
+            stale = versions.staleness(msg.src)
             delta = msg.x
             if delayed:
                 x, acc = x - outer_lr * delta / N, acc + delta
@@ -46,8 +48,11 @@ def async_local_sgd(ctx, x, *, period: Period = 16, inner: Optimizer = Optimizer
                 m = outer_momentum * m + delta
                 x = x - outer_lr * (delta + outer_momentum * m)
             h = max(1, int(rates[msg.src] / rates.max() * period)) if dynamic and rates.max() > 0 else period
+            versions.applied()
             yield Send(msg.src, x)
             yield Send(msg.src, torch.tensor(float(h), dtype=torch.float64))
+            versions.sent(msg.src)
+            yield Record(step=(k - 1) // n * period, x=x, staleness=stale, src=msg.src)
             if k % n == 0:
                 yield Record(step=k // n * period, round=k, x=x)
         return x

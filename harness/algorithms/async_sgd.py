@@ -7,7 +7,7 @@ receive ``x_w``. No barrier: a fast worker makes more updates than a slow one.
 Cost per worker step: 1 model-sized vector up, 1 down.
 """
 from harness.algorithms import register
-from harness.algorithms.blocks import Optimizer
+from harness.algorithms.blocks import Optimizer, Versions
 from harness.ops import ANY, SERVER, Grad, Recv, Record, Send
 
 
@@ -15,12 +15,16 @@ from harness.ops import ANY, SERVER, Grad, Recv, Record, Send
 def async_sgd(ctx, x, *, inner: Optimizer = Optimizer(lr=0.05)):
     if ctx.role == "server":
         opt, lr_at = inner.build(ctx.steps)
-        state = opt.init(x)
+        state, versions = opt.init(x), Versions()
         for k in range(ctx.n_workers * ctx.steps):  # every worker sends `steps` gradients
             msg = yield Recv(ANY)
+            stale = versions.staleness(msg.src)
             u, state = opt.update(msg.x, state, x)
             x = x + lr_at(k // ctx.n_workers) * u  # a schedule advances once per n updates
+            versions.applied()
             yield Send(msg.src, x)
+            versions.sent(msg.src)
+            yield Record(step=k // ctx.n_workers, x=x, staleness=stale, src=msg.src)
             if (k + 1) % ctx.n_workers == 0:  # one "step" = n updates, to align with workers
                 yield Record(step=(k + 1) // ctx.n_workers, round=k + 1, x=x)
         return x

@@ -161,6 +161,37 @@ def outer_step(theta, x, outer, outer_state, lr=1.0):
     return theta + lr * step, outer_state
 
 
-__all__ = ["Fraction", "NonNegative", "Optimizer", "Period", "Positive", "Prob", "Smoothing", "Steps", "Trigger", "Unit",
+def sample_members(seed: int, rnd: int, n: int, m: int) -> tuple[int, ...]:
+    """``m`` of ``n`` workers for round ``rnd``, uniformly without replacement (FedAvg's
+    client sampling): a pure function of ``(seed, rnd)``, so every worker and every backend
+    computes the same set without communicating. Use as ``members=``."""
+    import numpy as np
+
+    if not 1 <= m <= n:
+        raise ValueError(f"members: need 1 <= m <= n_workers = {n}, got m = {m}")
+    return tuple(sorted(int(i) for i in np.random.default_rng([seed, rnd, 31]).choice(n, m, replace=False)))
+
+
+class Versions:
+    """A server's model versions, for the ``staleness`` of every update it applies:
+    the number of updates applied since the sender last received the model (the
+    "versions since the pull" of Asynchronous Local-SGD, FedAsync's ``t - tau``). Use:
+    ``s = v.staleness(src)``, apply the update, ``v.applied()``, send the model back,
+    ``v.sent(src)``; then ``Record(..., staleness=s, src=src)`` writes an ``update`` row."""
+
+    def __init__(self):
+        self.version, self.pulled = 0, {}
+
+    def staleness(self, src: int) -> int:
+        return self.version - self.pulled.get(src, 0)
+
+    def applied(self) -> None:
+        self.version += 1
+
+    def sent(self, src: int) -> None:
+        self.pulled[src] = self.version
+
+
+__all__ = ["Fraction", "NonNegative", "Optimizer", "Period", "Positive", "Prob", "Smoothing", "Steps", "Trigger", "Unit", "Versions", "sample_members",
            "after", "elastic_pull", "every", "gossip_average", "mean_average", "outer_step", "qsr_rule",
            "warmup_then_periodic", "weighted_average"]

@@ -11,7 +11,8 @@ centre variable ``x_c``, with ``alpha = beta / n`` (the paper's ``beta = n alpha
 ``x_c`` starts at the initial model and is kept identically on every worker, updated
 from the all-reduced mean (one model all-reduce per round instead of the paper's
 parameter server; the maths is the same). Recorded rows carry the workers' ``x_i``; the
-distance ``||x_i - x_c||`` is the ``center_dist`` metric. The asynchronous variant needs
+distance ``||x_i - x_c||`` is the ``center_dist`` metric; consensus rows evaluate the
+centre ``x_c`` (``Record(eval_x=...)``), the model EASGD ships. The asynchronous variant needs
 server/worker roles and is not here.
 
 Defaults: tau=4, beta=0.1 and SGD lr 0.1 with momentum 0.9, as the authors' lab used
@@ -37,5 +38,5 @@ def easgd(ctx, x, *, tau: Period = 4, beta: Fraction = 0.1, inner: Optimizer = O
         if sync(t):
             x, center = yield from elastic_pull(x, center, alpha, beta)
         dist = torch.linalg.vector_norm(x - center, dim=-1)
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics={"center_dist": dist})
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics={"center_dist": dist}, eval_x=center)
     return x

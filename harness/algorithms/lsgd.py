@@ -14,6 +14,8 @@ Cost per round: an all-gather of one scalar, then the leader's model reaches eve
 through an all-reduce (sum of ``onehot_i x_i``); the paper broadcasts it (about half the
 bytes of a ring all-reduce) -- the op language has no broadcast yet. The leader's index
 refers to all workers, so a permanent crash (fault policy ``continue``) stops the run.
+Consensus rows evaluate the last elected leader (``Record(eval_x=...)``), the model LSGD
+ships; the workers' average, which the pull never targets, is not evaluated.
 
 Defaults (not in ALGORITHMS.md; set for the digits task): tau=4, pull=0.1, SGD lr 0.1
 with momentum 0.9.
@@ -28,7 +30,7 @@ from harness.ops import AllGather, AllReduce, Grad, Record
 @register("lsgd")
 def lsgd(ctx, x, *, tau: Period = 4, pull: Unit = 0.1, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
     opt, lr_at = inner.build(ctx.steps)
-    sync, state = every(tau), opt.init(x)
+    sync, state, leader = every(tau), opt.init(x), x
     for t in range(ctx.steps):
         loss, g = yield Grad(x)
         u, state = opt.update(g, state, x)
@@ -42,5 +44,6 @@ def lsgd(ctx, x, *, tau: Period = 4, pull: Unit = 0.1, inner: Optimizer = Optimi
             step = step - pull * (x - leader)
             metrics = {"is_leader": mine}
         x = x + step
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics=metrics)
+        # what LSGD ships is the leader (the last one elected; the start model before the first)
+        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics=metrics, eval_x=leader)
     return x
