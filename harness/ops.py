@@ -212,6 +212,14 @@ class Neighbors:
 
     step: int
 
+    @staticmethod
+    def peers(W, i: int) -> Peers:
+        """Worker ``i``'s peers in mixing matrix ``W`` (``W[i, j] > 0``: ``j`` reaches ``i``)."""
+        import numpy as np
+
+        off = ~np.eye(len(W), dtype=bool)[i]
+        return Peers(torch.as_tensor((W[i] > 0) & off), torch.as_tensor((W[:, i] > 0) & off))
+
 
 @dataclass(frozen=True)
 class Put:
@@ -219,6 +227,9 @@ class Put:
 
     peer: Any
     x: Tensor
+
+    def update(self, windows: list[Tensor]) -> list[Tensor]:
+        return [self.x]
 
 
 @dataclass(frozen=True)
@@ -228,12 +239,16 @@ class Accumulate:
     peer: Any
     x: Tensor
 
+    def update(self, windows: list[Tensor]) -> list[Tensor]:
+        return [windows[0] + self.x]
+
 
 @dataclass(frozen=True)
 class Get:
     """Read worker ``peer``'s window."""
 
     peer: Any
+    update = None  # a read writes nothing
 
 
 @dataclass(frozen=True)
@@ -245,12 +260,26 @@ class Exchange:
     peer: Any
     weight: float = 0.5
 
-    @staticmethod
-    def combine(mine: Tensor, theirs: Tensor, weight: float) -> tuple[Tensor, Tensor]:
-        return (1 - weight) * mine + weight * theirs, weight * mine + (1 - weight) * theirs
+    def update(self, windows: list[Tensor]) -> list[Tensor]:
+        """``[mine, theirs] -> [new mine, new theirs]`` (one window: itself)."""
+        if len(windows) == 1:
+            return windows
+        mine, theirs = windows
+        w = self.weight
+        return [(1 - w) * mine + w * theirs, w * mine + (1 - w) * theirs]
 
 
 ONESIDED = (Put, Accumulate, Get, Exchange)
+
+
+def skipped(op, n: int):
+    """What a non-member of ``op.members`` gets back (``n`` workers): its own input, untouched
+    (``Grad``: NaN loss and zero gradient; ``AllGather``: zeros of the gathered shape)."""
+    if isinstance(op, Grad):
+        return torch.tensor(float("nan"), dtype=op.x.dtype), torch.zeros_like(op.x)
+    if isinstance(op, AllGather):
+        return torch.zeros((len(member_ids(op.members, n)), *op.x.shape), dtype=op.x.dtype)
+    return getattr(op, "x", None)
 
 
 class WorkerFailed(RuntimeError):

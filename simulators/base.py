@@ -82,11 +82,9 @@ class Simulator:
                                "set topology: {name: ring} in the config")
         return self.run.topology
 
-    def peers(self, w: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def peers(self, w: int, step: int) -> ops.Peers:
         """In/out-neighbour masks of worker ``w`` at ``step`` (``Neighbors``)."""
-        W = self.topology().W(step)
-        off = ~np.eye(self.n, dtype=bool)[w]
-        return torch.as_tensor((W[w] > 0) & off), torch.as_tensor((W[:, w] > 0) & off)
+        return ops.Neighbors.peers(self.topology().W(step), w)
 
     def batches(self, op: ops.Grad, ids) -> list[torch.Tensor]:
         """Minibatch indices of workers ``ids`` for ``op`` (own shard, or ``op.part``: an

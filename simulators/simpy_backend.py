@@ -129,7 +129,7 @@ class SimPyBackend(P2PMixin, Simulator):
         if w < 0:
             raise ValueError("Grad: the server has no data; only workers compute gradients")
         if not self._member(r, op)[1]:
-            return torch.tensor(float("nan"), dtype=op.x.dtype), torch.zeros_like(op.x)
+            return ops.skipped(op, self.n)
         out = self.run.task.loss_and_grad(op.x, self.batches(op, [w])[0], w)
         yield from self._hold(r, op.batches)
         return out
@@ -172,7 +172,7 @@ class SimPyBackend(P2PMixin, Simulator):
         ids, member = self._member(r, op)
         quorum = getattr(op, "quorum", None)
         if not member:
-            return torch.zeros((len(ids), *op.x.shape), dtype=op.x.dtype) if isinstance(op, ops.AllGather) else op.x
+            return ops.skipped(op, self.n)
         w = self.w(r)
         seq = self.seq.get((ids, w), 0)
         self.seq[(ids, w)] = seq + 1
@@ -271,7 +271,7 @@ class SimPyBackend(P2PMixin, Simulator):
         yield self.mailboxes[dst].put((tag, x))
 
     def _neighbors(self, r, op):
-        return ops.Peers(*self.peers(self.w(r), op.step))
+        return self.peers(self.w(r), op.step)
         yield  # a handler is a generator even when it never waits
 
     def _onesided(self, r, op):
@@ -290,16 +290,12 @@ class SimPyBackend(P2PMixin, Simulator):
         self.stats.add_traffic(r, traffic)
         self.stats.finish_comm(r, arrived, self.env.now, seconds)
         win = self.windows
-        if isinstance(op, ops.Put):
-            win[peer] = op.x
-        elif isinstance(op, ops.Accumulate):
-            win[peer] = win[peer] + op.x
-        elif isinstance(op, ops.Exchange):
-            win[w], win[peer] = op.combine(win[w], win[peer], op.weight)
-            return win[w]
-        else:
+        targets = [w, peer] if isinstance(op, ops.Exchange) and peer != w else [peer]
+        if op.update is None:  # Get
             return win[peer]
-        return None
+        for t, v in zip(targets, op.update([win[t] for t in targets])):
+            win[t] = v
+        return win[w] if isinstance(op, ops.Exchange) else None
 
     # -- the rest --------------------------------------------------------------------------
     def _rate(self, r, op):

@@ -33,7 +33,9 @@ CI = os.environ.get("CI", "").lower() == "true"
 
 PLUGIN = '''
 from harness.algorithms import register
-from harness.ops import AllGather, AllReduce, Compute, Grad, Rand, Record, Start, Wait
+import torch
+from harness.ops import (SELF, Accumulate, AllGather, AllReduce, Compute, Exchange, Get, Gossip, Grad, Put, Rand,
+                         Record, Start, Wait)
 
 
 @register("overlap_sgd")
@@ -63,6 +65,52 @@ def probe_sgd(ctx, x, *, lr: float = 0.1):
     return x
 
 
+@register("v2_sampled", requires={"members", "codec"})
+def v2_sampled(ctx, x, *, lr: float = 0.1, m: int = 2, codec: str = "topk:0.5"):
+    """Op language v2: sampled members exchange compressed gradients, then everybody averages."""
+    from harness.algorithms.blocks import sample_members
+
+    for t in range(ctx.steps):
+        S = sample_members(ctx.seed, t, ctx.n_workers, m)
+        loss, g = yield Grad(x, members=S)
+        g = yield AllReduce(g, members=S, codec=codec)
+        x = torch.where(ctx.member(S).unsqueeze(-1), x - lr * g, x)
+        x = yield AllReduce(x)
+        yield Record(step=t + 1, x=x, loss=loss)
+    return x
+
+
+@register("v2_gossip2", requires={"gossip", "codec"})
+def v2_gossip2(ctx, x, *, lr: float = 0.1):
+    """Two gossips at one step (matched per edge, never swapped), the second in bf16."""
+    for t in range(ctx.steps):
+        loss, g = yield Grad(x)
+        a = yield Gossip(x, step=t)
+        b = yield Gossip(g, step=t, codec="bf16")
+        x = a - lr * b
+        yield Record(step=t + 1, x=x, loss=loss)
+    return x
+
+
+@register("v2_windows", requires={"onesided"})
+def v2_windows(ctx, x):
+    """Scripted one-sided ops on the workers' windows, ordered by all-reduce barriers."""
+    w, n = int(ctx.index), ctx.n_workers
+    yield Put(SELF, torch.full_like(x, float(w)))
+    yield AllReduce(x)
+    yield Accumulate((w + 1) % n, torch.ones_like(x))
+    yield AllReduce(x)
+    mine = yield Get(SELF)
+    yield AllReduce(x)
+    if w % 2 == 0:
+        mine = yield Exchange(w + 1)
+    yield AllReduce(x)
+    after = yield Get(SELF)
+    theirs = yield Get((w + 1) % n)
+    yield Record(step=1, x=x)
+    return torch.stack([mine, after, theirs])[:, 0]
+
+
 @register("boom_sgd")
 def boom_sgd(ctx, x, *, lr: float = 0.1, fail_worker: int = 2, fail_step: int = 3):
     for t in range(ctx.steps):
@@ -85,6 +133,9 @@ CASES = {
         ("easgd", {}), ("lsgd", {}), ("mgrawa", {"tau": 4}), ("lgrawa", {"tau": 4}), ("dppf", {}),
         ("diloco", {"period": 4}), ("palsgd", {"period": 4, "eta": 0.1}), ("post_local_sgd", {"switch": 4, "period": 4}),
         ("qsr", {}))},
+    # issue [8]'s op language v2 on real processes
+    "v2_sampled": small("sync_sgd", algorithm={"name": "v2_sampled"}),
+    "v2_gossip2": small("dpsgd", algorithm={"name": "v2_gossip2"}),
 }
 LOCKSTEP = list(CASES)
 
@@ -229,8 +280,10 @@ def test_async_sgd_learns_on_simpy_and_real(real):
     assert params["server"] is not None and params["workers"].shape[0] == RANKS - 1
     # every gradient went up and a model came back: bytes per worker as SimPy counts them
     d = params["server"].numel() * params["server"].element_size()
-    last = df[df.worker >= 0].groupby("worker").last()
+    last = df[(df.worker >= 0) & (df.event == "step")].groupby("worker").last()
     assert (last.bytes_sent == cfg.steps * d).all() and (last.bytes_recv == cfg.steps * d).all()
+    up = df[df.event == "update"]  # one row per applied gradient, with its staleness
+    assert len(up) == cfg.steps * (RANKS - 1) and (up.staleness >= 0).all()
     assert (last.messages == cfg.steps).all()
 
 
@@ -272,3 +325,18 @@ def test_other_async_methods_learn_on_real_backends(real, name):
     ev = df[df.worker == -1].sort_values("step")
     assert record["status"] == "finished" and params["server"] is not None
     assert ev.test_acc.iloc[-1] > ev.test_acc.iloc[0] + 0.2, ev.test_acc.tolist()
+
+
+@pytest.mark.mpi
+def test_one_sided_windows_on_mpi_rma(tmp_path):
+    """Put/Accumulate/Get/Exchange through MPI RMA windows end as on SimPy (hand-computed)."""
+    from harness.config import load
+
+    _plugin(tmp_path)
+    cfg = small("sync_sgd", steps=1, algorithm={"name": "v2_windows"})
+    config = _write_config(tmp_path / "win.yaml", [_dump(cfg)])
+    proc = launch("mpi", config, tmp_path / "runs", "--save-params", timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = load(config, ["backend=mpi"])
+    got = torch.load(tmp_path / "runs" / run.run_id / "final_params.pt")["workers"]
+    assert got.tolist() == [[1.5, 1.5, 1.5], [2.0, 1.5, 3.5], [3.5, 3.5, 3.5], [4.0, 3.5, 1.5]]

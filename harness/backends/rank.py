@@ -172,7 +172,7 @@ class RankDriver(CommHandlers):
         if self.role == "server":
             raise ValueError("Grad: the server rank has no data shard; only workers compute gradients")
         if not self._member(op)[1]:
-            return torch.tensor(float("nan"), dtype=op.x.dtype), torch.zeros_like(op.x)
+            return ops.skipped(op, self.n)
         part = None if op.part is None else int(op.part)
         out = self.task.loss_and_grad(op.x, self.sampler.draw(self.i, part, op.batches), self.i)
         self._hold_done()

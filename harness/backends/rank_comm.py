@@ -45,7 +45,7 @@ class CommHandlers:
             raise ValueError(f"{type(op).__name__}: the server rank takes no part in collectives (workers only)")
         ids, member = self._member(op)
         if not member:
-            return torch.zeros((len(ids), *op.x.shape), dtype=op.x.dtype) if isinstance(op, ops.AllGather) else op.x
+            return ops.skipped(op, self.n)
         name = type(op).__name__
         payload, nbytes = ops.wire(op.x.detach(), op.codec)
         c = codecs.parse(op.codec)
@@ -108,11 +108,7 @@ class CommHandlers:
         return op.mix([torch.tensor(float(w[j]), dtype=op.x.dtype) for j in order], [got[j] for j in order])
 
     def _neighbors(self, op):
-        import numpy as np
-
-        W = self._topology("Neighbors").W(op.step)
-        off = ~np.eye(self.n, dtype=bool)[self.i]
-        return ops.Peers(torch.as_tensor((W[self.i] > 0) & off), torch.as_tensor((W[:, self.i] > 0) & off))
+        return ops.Neighbors.peers(self._topology("Neighbors").W(op.step), self.i)
 
     def _onesided(self, op):
         w = self.i
@@ -121,18 +117,16 @@ class CommHandlers:
         if self.role == "server" or not 0 <= peer < self.n:
             raise ValueError(f"{name}.peer: {op.peer} is not a worker 0..{self.n - 1} (windows belong to workers)")
         r, pr = w + self.off, peer + self.off
-        if isinstance(op, ops.Put):
-            got = self._comm(name, self.tr.win_update, None, [pr], lambda v: [op.x.detach()])
-        elif isinstance(op, ops.Accumulate):
-            got = self._comm(name, self.tr.win_update, None, [pr], lambda v: [v[0] + op.x.detach()])
-        elif isinstance(op, ops.Get):
-            got = self._comm(name, self.tr.win_update, None, [pr], None)
-        else:  # Exchange: both windows at once
-            ranks = [r] if pr == r else sorted({r, pr})
-            fn = (lambda v: [v[0]]) if pr == r else (lambda v: list(op.combine(v[0], v[1], op.weight)) if r < pr
-                                                     else list(op.combine(v[1], v[0], op.weight))[::-1])
-            got = self._comm(name, self.tr.win_update, None, ranks, fn)
-            got = [got[ranks.index(r)]]
+        # Exchange updates both windows (mine first in op.update's order); ranks lock ascending
+        mine_first = [r, pr] if isinstance(op, ops.Exchange) and pr != r else [pr]
+        ranks = sorted(mine_first)
+
+        def fn(v):  # windows in lock order -> op.update's order -> back
+            new = op.update([v[ranks.index(k)] for k in mine_first])
+            return [new[mine_first.index(k)] for k in ranks]
+
+        got = self._comm(name, self.tr.win_update, None, ranks, None if op.update is None else fn)
+        got = [got[ranks.index(r)]] if isinstance(op, ops.Exchange) else got
         x = got[0]
         _, traffic = self.cfg.network.onesided(name.lower(), x.numel() * x.element_size(), r, pr)
         self.ctr.add_traffic(traffic)
