@@ -10,7 +10,15 @@ Base distribution per draw (``model``), mean ``mean_s`` per unit:
 * ``trace``: replay ``seconds`` from a CSV with columns ``worker, step, seconds`` (a worker's
   k-th draw reads its k-th step, cycling when the trace is shorter than the run);
 * ``calibrated``: ``mean_s`` is *measured* (median real time of this task's gradient on this
-  machine), then lognormal noise with ``sigma`` (0: constant).
+  machine), then lognormal noise with ``sigma`` (0: constant);
+* ``measured``: the same for any task, model-size aware: the task's real training step
+  (``loss_and_grad`` on one worker's minibatch, on the task's device, CUDA synchronised;
+  ``task.time_grad`` where a task has it) is timed once per process and task and cached,
+  times ``scale`` (e.g. 0.1 to model a 10x faster device), with lognormal spread ``sigma``.
+
+More models: ``@register_compute("name")`` on ``draw(times, i) -> seconds per unit`` in a
+module listed in a config's ``imports:`` (``times.spec.params`` holds the model's options,
+``times.rngs[i]`` worker ``i``'s stream, ``times.mean_s`` the mean).
 
 On top of the base draw: persistent stragglers (a seeded ``round(straggler_fraction n)``
 workers are ``straggler_factor`` times slower) and optional Markov on/off slowdowns (per
@@ -20,11 +28,36 @@ times do not depend on the order in which a backend visits workers.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+@dataclass(frozen=True)
+class ComputeModel:
+    """A registered compute model: ``draw(times, i)`` gives worker ``i``'s base seconds per
+    unit; ``measured`` models get ``times.mean_s`` from timing the task first."""
+
+    draw: Callable[["ComputeTimes", int], float]
+    measured: bool = False
+    setup: Callable[["ComputeTimes"], None] | None = None
+
+
+COMPUTE_MODELS: dict[str, ComputeModel] = {}
+
+
+def register_compute(name: str, *, measured: bool = False, setup: Callable | None = None):
+    """Decorator: ``@register_compute("mine")`` on ``draw(times, i) -> float`` makes
+    ``compute: {model: mine, params: {...}}`` available."""
+
+    def deco(fn):
+        COMPUTE_MODELS[name] = ComputeModel(fn, measured, setup)
+        return fn
+
+    return deco
 
 
 class MarkovSpec(BaseModel):
@@ -36,7 +69,7 @@ class MarkovSpec(BaseModel):
 
 class ComputeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: Literal["constant", "lognormal", "exponential", "shifted_exp", "pareto", "trace", "calibrated"] = "lognormal"
+    model: str = Field("lognormal", description="a registered compute model (COMPUTE_MODELS)")
     mean_s: float = Field(0.01, gt=0, description="mean seconds per compute unit")
     sigma: float = Field(0.25, ge=0, description="lognormal shape")
     shift_s: float = Field(0.0, ge=0, description="shifted_exp: minimum time")
@@ -45,6 +78,16 @@ class ComputeSpec(BaseModel):
     straggler_fraction: float = Field(0.0, ge=0, le=1)
     straggler_factor: float = Field(4.0, ge=1)
     markov: MarkovSpec | None = None
+    scale: float = Field(1.0, gt=0, description="measured: factor on the measured step time")
+    params: dict[str, Any] = Field(default_factory=dict, description="options of a registered model")
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, v):
+        if v not in COMPUTE_MODELS:
+            raise ValueError(f"unknown compute model {v!r}; choose one of {sorted(COMPUTE_MODELS)} "
+                             "or register one with simulators.compute.register_compute")
+        return v
 
     @model_validator(mode="after")
     def _check(self):
@@ -82,10 +125,11 @@ class ComputeTimes:
     def __init__(self, spec: ComputeSpec, n: int, seed: int, measure: Callable[[], float] | None = None):
         self.spec = spec
         self.mean_s = spec.mean_s
-        if spec.model == "calibrated":
+        self.model = COMPUTE_MODELS[spec.model]
+        if self.model.measured:
             if measure is None:
-                raise ComputeError("compute.model: 'calibrated' needs a task to measure")
-            self.mean_s = measure()
+                raise ComputeError(f"compute.model: {spec.model!r} needs a task to measure")
+            self.mean_s = measure() * (spec.scale if spec.model == "measured" else 1.0)
         self.rngs = [np.random.default_rng([seed, i, 11]) for i in range(n)]
         k = int(round(spec.straggler_fraction * n))
         self.slow = np.sort(np.random.default_rng([seed, 13]).choice(n, size=k, replace=False))
@@ -93,26 +137,13 @@ class ComputeTimes:
         self.factor[self.slow] = spec.straggler_factor
         self.draws = np.zeros(n, dtype=np.int64)
         self.in_slow = np.zeros(n, dtype=bool)
-        self.trace = load_trace(spec.trace, n) if spec.model == "trace" else None
-
-    def _base(self, i: int) -> float:
-        s, rng, m = self.spec, self.rngs[i], self.mean_s
-        if s.model == "constant":
-            return m
-        if s.model in ("lognormal", "calibrated"):
-            return m * float(np.exp(s.sigma * rng.standard_normal() - s.sigma**2 / 2)) if s.sigma else m
-        if s.model == "exponential":
-            return float(rng.exponential(m))
-        if s.model == "shifted_exp":
-            return s.shift_s + float(rng.exponential(m - s.shift_s))
-        if s.model == "pareto":
-            return m * (s.alpha - 1) / s.alpha * float(1 + rng.pareto(s.alpha))
-        tr = self.trace[i]  # trace
-        return float(tr[(self.draws[i] - 1) % len(tr)])
+        self.trace = None
+        if self.model.setup is not None:
+            self.model.setup(self)
 
     def sample(self, i: int, cost: float = 1.0) -> float:
         self.draws[i] += 1
-        t = self._base(i) * cost * self.factor[i]
+        t = self.model.draw(self, i) * cost * self.factor[i]
         mk = self.spec.markov
         if mk is not None:
             u = self.rngs[i].random()
@@ -122,10 +153,39 @@ class ComputeTimes:
         return t
 
 
+# -- the built-in models ------------------------------------------------------------------
+def _lognormal(t: ComputeTimes, i: int) -> float:
+    s = t.spec.sigma
+    return t.mean_s * float(np.exp(s * t.rngs[i].standard_normal() - s**2 / 2)) if s else t.mean_s
+
+
+def _trace_setup(t: ComputeTimes):
+    t.trace = load_trace(t.spec.trace, len(t.rngs))
+
+
+register_compute("constant")(lambda t, i: t.mean_s)
+register_compute("lognormal")(_lognormal)
+register_compute("calibrated", measured=True)(_lognormal)
+register_compute("measured", measured=True)(_lognormal)
+register_compute("exponential")(lambda t, i: float(t.rngs[i].exponential(t.mean_s)))
+register_compute("shifted_exp")(lambda t, i: t.spec.shift_s + float(t.rngs[i].exponential(t.mean_s - t.spec.shift_s)))
+register_compute("pareto")(lambda t, i: t.mean_s * (t.spec.alpha - 1) / t.spec.alpha * float(1 + t.rngs[i].pareto(t.spec.alpha)))
+register_compute("trace", setup=_trace_setup)(lambda t, i: float(t.trace[i][(t.draws[i] - 1) % len(t.trace[i])]))
+
+_MEASURED: dict = {}  # (task timing key, batch size) -> seconds: time a task once per process
+
+
 def measure_grad_seconds(task, sampler, repeats: int = 30) -> float:
-    """Median wall time of one worker's minibatch gradient on this machine (calibration)."""
+    """Median wall time of one worker's minibatch gradient on this machine (calibration).
+    Tasks with ``time_grad`` (torch-module tasks) time their real step on their device,
+    once per process (cached by ``task.timing_key``)."""
     import time
 
+    if hasattr(task, "time_grad"):
+        key = (getattr(task, "timing_key", id(task)), sampler.batch_size)
+        if key not in _MEASURED:
+            _MEASURED[key] = task.time_grad(sampler.worker(0))
+        return _MEASURED[key]
     x = task.init_params(0)
     task.loss_and_grad(x, sampler.worker(0))  # warm-up
     ts = []

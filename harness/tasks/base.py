@@ -10,12 +10,22 @@ falls back to ``torch.func.vmap(grad)``.
 
 Every worker draws its minibatches from its own seeded stream, so a worker sees the same
 batches on every backend, whatever order the backend visits workers in.
+
+``loss_and_grad(p, idx, who)``: ``who`` names the worker(s) the call is for (an ``int``
+with ``p`` [d], a LongTensor [m] with ``p`` [m, d]; ``None`` when the caller does not say:
+"this process's worker" for [d], ``arange(m)`` for [m, d]). Tasks whose models have
+per-worker state (BatchNorm running statistics, :mod:`harness.tasks.module`) key it by
+``who``; the flat-vector tasks ignore it.
+
+``parts`` (default ``n_workers``) is the number of data parts the training set is split
+into; ``shards`` is that list of index arrays (``parts > n_workers`` for federated runs
+where more clients than workers exist).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TaskParams(BaseModel):
@@ -23,6 +33,14 @@ class TaskParams(BaseModel):
     name: str
     batch_size: int = 32
     dtype: str = "float32"
+    parts: int | None = Field(None, ge=1, description="number of data parts (shards); default n_workers")
+
+    def n_parts(self, n_workers: int) -> int:
+        """Number of shards to cut: ``parts`` or one per worker (never fewer than workers)."""
+        if self.parts is not None and self.parts < n_workers:
+            raise ValueError(f"task.parts: {self.parts} parts for {n_workers} workers; "
+                             f"need parts >= n_workers (or leave it unset)")
+        return self.parts or n_workers
 
 
 class Task:
@@ -52,8 +70,9 @@ class Task:
         raise NotImplementedError
 
     # -- gradients ---------------------------------------------------------------------
-    def loss_and_grad(self, p: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Minibatch loss and gradient at ``p`` ([d] with idx [B], or [n, d] with idx [n, B])."""
+    def loss_and_grad(self, p: torch.Tensor, idx: torch.Tensor, who=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minibatch loss and gradient at ``p`` ([d] with idx [B], or [m, d] with idx [m, B]);
+        ``who``: the worker (int) or workers ([m] ids) the rows belong to (per-worker state)."""
         xb, yb = self.x_train[idx], self.y_train[idx]
         if p.dim() == 1 or self.batched:
             with torch.enable_grad():

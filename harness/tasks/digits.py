@@ -48,7 +48,7 @@ class DigitsTask(Task):
         self.x_test = torch.tensor(x[test], dtype=self.dtype)
         self.y_test = torch.tensor(y[test])
         kw = {"alpha": params.alpha} if params.partition == "dirichlet" else {}
-        self.shards = PARTITIONS[params.partition](y[train], n_workers, seed, **kw)
+        self.shards = PARTITIONS[params.partition](y[train], params.n_parts(n_workers), seed, **kw)
         self.sizes = [64, *params.hidden, 10]
         self.segments, off = [], 0
         for a, b in zip(self.sizes[:-1], self.sizes[1:]):  # (weight, bias) per layer

@@ -56,15 +56,16 @@ class QuadraticTask(Task):
         self.dtype = getattr(torch, params.dtype)
         self.batch_size, self.partition, self.dim = params.batch_size, "quadratic", params.dim
         self.init_scale = params.init_scale
+        parts = params.n_parts(n_workers)  # one row (a_i, c_i) per part
         g = torch.Generator().manual_seed(params.centers_seed)
-        u = torch.rand(n_workers, params.dim, generator=g, dtype=torch.float64)
+        u = torch.rand(parts, params.dim, generator=g, dtype=torch.float64)
         a = params.a_min + (params.a_max - params.a_min) * u
-        c = params.spread * torch.randn(n_workers, params.dim, generator=g, dtype=torch.float64)
+        c = params.spread * torch.randn(parts, params.dim, generator=g, dtype=torch.float64)
         self.a, self.c = a.to(self.dtype), c.to(self.dtype)
         self.optimum = ((a * c).sum(0) / a.sum(0).clamp_min(1e-300)).to(self.dtype)
         self.x_train = self.x_test = torch.cat([self.a, self.c], dim=1)
-        self.y_train = self.y_test = torch.arange(n_workers)
-        self.shards = [np.array([i]) for i in range(n_workers)]
+        self.y_train = self.y_test = torch.arange(parts)
+        self.shards = [np.array([i]) for i in range(parts)]
         cuts = np.linspace(0, params.dim, params.layers + 1).round().astype(int)
         self.segments = [(int(s), int(e)) for s, e in zip(cuts[:-1], cuts[1:])]
 
