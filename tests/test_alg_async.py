@@ -8,9 +8,24 @@ from harness.experiment import simulate
 from harness.ops import ANY, SERVER, Message, Rate, Record, Recv, Send
 
 
+class _Server:
+    """Drives a server generator; the update rows it yields (``Record(staleness=...)``, one
+    per applied update) are collected in ``updates`` instead of being returned."""
+
+    def __init__(self, gen):
+        self.gen, self.updates = gen, []
+
+    def send(self, value):
+        op = self.gen.send(value)
+        while isinstance(op, Record) and op.staleness is not None:
+            self.updates.append((op.src, op.staleness))
+            op = self.gen.send(None)
+        return op
+
+
 def _server(name, n=2, steps=4, x=None, **hp):
     ctx = Ctx(n, steps, 0, index=torch.tensor(0), role="server", rank=0)
-    return get(name)(ctx, x if x is not None else torch.zeros(3, dtype=torch.float64), **hp)
+    return _Server(get(name)(ctx, x if x is not None else torch.zeros(3, dtype=torch.float64), **hp))
 
 
 def test_async_easgd_server_elastic_rule():
@@ -25,6 +40,7 @@ def test_async_easgd_server_elastic_rule():
     assert torch.allclose(reply.x, alpha * (-xi - alpha * xi))  # against the moved center
     rec = g.send(None)
     assert isinstance(rec, Record) and torch.allclose(rec.x, alpha * xi + alpha * (-xi - alpha * xi))
+    assert g.updates == [(2, 0), (1, 1)]  # worker 1's update came one version after its pull
 
 
 def _feed_alsgd(g, src, delta, rate):

@@ -133,9 +133,6 @@ CASES = {
         ("easgd", {}), ("lsgd", {}), ("mgrawa", {"tau": 4}), ("lgrawa", {"tau": 4}), ("dppf", {}),
         ("diloco", {"period": 4}), ("palsgd", {"period": 4, "eta": 0.1}), ("post_local_sgd", {"switch": 4, "period": 4}),
         ("qsr", {}))},
-    # issue [8]'s op language v2 on real processes
-    "v2_sampled": small("sync_sgd", algorithm={"name": "v2_sampled"}),
-    "v2_gossip2": small("dpsgd", algorithm={"name": "v2_gossip2"}),
 }
 LOCKSTEP = list(CASES)
 
@@ -212,12 +209,15 @@ def real(request, tmp_path_factory):
     overlap = small("sync_sgd", algorithm={"name": "overlap_sgd", "lr": 0.1})
     more_async = [small("sync_sgd", n_workers=RANKS - 1, steps=40, eval_every=40, algorithm={"name": name, **hp})
                   for name, hp in (("async_easgd", {"tau": 4}), ("async_local_sgd", {"period": 8}))]
-    config = _write_config(tmp / "real.yaml", [_dump(c) for c in [*CASES.values(), probe, asyn, overlap, *more_async]])
+    # issue [8]'s op language v2 on real processes (plugin algorithms: registered by _plugin)
+    v2 = [small("sync_sgd", algorithm={"name": "v2_sampled"}), small("dpsgd", algorithm={"name": "v2_gossip2"})]
+    config = _write_config(tmp / "real.yaml",
+                           [_dump(c) for c in [*CASES.values(), probe, asyn, overlap, *more_async, *v2]])
     out = tmp / "runs"
     proc = launch(backend, config, out, "--save-params")
     assert proc.returncode == 0, f"{backend} launch failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     cfgs = load(config, [f"backend={backend}"])  # also registers the plugin's algorithms here
-    names = [*CASES, "probe", "async_sgd", "overlap", "async_easgd", "async_local_sgd"]
+    names = [*CASES, "probe", "async_sgd", "overlap", "async_easgd", "async_local_sgd", "v2_sampled", "v2_gossip2"]
     return backend, out, dict(zip(names, cfgs)), proc
 
 
@@ -232,7 +232,7 @@ def _by(df):
     return df.sort_values(["worker", "step"]).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("case", [*LOCKSTEP, "probe", "overlap"])
+@pytest.mark.parametrize("case", [*LOCKSTEP, "probe", "overlap", "v2_sampled", "v2_gossip2"])
 def test_same_parameters_bytes_and_metrics_as_simpy(real, case):
     from harness.experiment import simulate
 
