@@ -98,12 +98,13 @@ def fold(terms: Sequence[Tensor]) -> Tensor:
 
 
 def mix(coefs: Sequence[Tensor], terms: Sequence[Tensor], valid: Sequence[Tensor] | None = None) -> Tensor:
-    """``sum_k coefs[k] * terms[k]`` left to right; ``valid[k]`` masks padded terms (stacked).
+    """``sum_k coefs[k] * terms[k]`` left to right; ``valid[k]`` masks padded terms (stacked;
+    ``None``: all valid).
     Elementwise, so one worker's ``[d]`` and a stacked ``[n, d]`` give the same bits."""
     acc = coefs[0] * terms[0]
     for k in range(1, len(terms)):
         step = acc + coefs[k] * terms[k]
-        acc = step if valid is None else torch.where(valid[k], step, acc)
+        acc = step if valid is None or valid[k] is None else torch.where(valid[k], step, acc)
     return acc
 
 
