@@ -188,6 +188,16 @@ def test_who_selects_the_rows_of_per_worker_buffers(plugin):
         task.loss_and_grad(P, idx, torch.tensor([0]))
 
 
+def test_stack_chunk_gives_the_same_gradients_and_buffers(plugin):
+    load(plugin / "blobs.yaml")
+    whole, chunked = (build_task({"name": "blobs", "dtype": "float64", "stack_chunk": c}, 3, 0) for c in (None, 2))
+    P = torch.stack([whole.init_params(k) for k in range(3)])
+    idx = Sampler(whole.shards, 8, 0).all()
+    (la, ga), (lb, gb) = whole.loss_and_grad(P, idx), chunked.loss_and_grad(P, idx)
+    assert (ga - gb).abs().max() < 1e-12 and (la - lb).abs().max() < 1e-12 and ga.shape == P.shape
+    assert torch.allclose(whole.buffers.store["bn.running_var"], chunked.buffers.store["bn.running_var"])
+
+
 def test_consensus_evaluation_ignores_worker_buffers_and_who_uses_them(plugin):
     load(plugin / "blobs.yaml")
     task = build_task({"name": "blobs", "dtype": "float64"}, 2, 0)

@@ -83,8 +83,9 @@ class WorkerBuffers:
             raise ValueError(f"who: {who.numel()} worker ids for {m} stacked models")
         if ((who < 0) | (who >= self.n)).any():
             raise IndexError(f"who: worker ids must be in 0..{self.n - 1}, got {who.tolist()}")
-        if torch.equal(who, torch.arange(m)):  # the common case: a prefix, no copies
-            yield {k: v[:m] for k, v in self.store.items()}
+        a = int(who[0]) if m else 0
+        if torch.equal(who, torch.arange(a, a + m)):  # the common case: a range of rows, no copies
+            yield {k: v[a:a + m] for k, v in self.store.items()}
             return
         dev = next(iter(self.store.values())).device if self.store else None
         idx = who.to(dev) if dev is not None else who

@@ -54,6 +54,7 @@ class ModuleParams(TaskParams):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast compute, fp32 master params")
     stacked: Literal["auto", "batched", "vmap"] = Field("auto", description="how [m, d] models run at once")
+    stack_chunk: int | None = Field(None, ge=1, description="stacked models per autograd call (default: 8 on CPU, all on GPU)")
     eval_train: int = Field(1024, ge=0, description="training examples for train_loss (fixed, evenly spaced)")
     eval_test: int | None = Field(None, ge=1, description="test examples to evaluate (default: all)")
     eval_batch: int = Field(500, ge=1, description="examples per forward pass when evaluating")
@@ -154,15 +155,25 @@ class ModuleTask(Task):
     def loss_and_grad(self, p: torch.Tensor, idx: torch.Tensor, who=None):
         """Loss and gradient of worker ``who``'s minibatch ``idx`` (augmented) at ``p``."""
         x, y = self.fetch("train", idx, augment=True)
-        with torch.enable_grad():
-            q = p.detach().requires_grad_(True)
-            if p.dim() == 1:
+        if p.dim() == 1:
+            with torch.enable_grad():
+                q = p.detach().requires_grad_(True)
                 loss = self.loss_fn(self.forward(q, x, self.buffers.one(who)), y, 0)
-            else:
-                with self.buffers.rows(who, p.shape[0]) as bufs:
-                    loss = self.loss_fn(self.forward(q, x, bufs), y, 1)
-            (g,) = torch.autograd.grad(loss.sum(), q)
-        return loss.detach().to(p.dtype), g
+                (g,) = torch.autograd.grad(loss, q)
+                return loss.detach().to(p.dtype), g
+        m = p.shape[0]
+        k = self.params.stack_chunk or (8 if self.device.type == "cpu" else m)
+        who = torch.arange(m) if who is None else torch.as_tensor(who, dtype=torch.long)
+        if len(who) != m:
+            raise ValueError(f"who: {len(who)} worker ids for {m} stacked models")
+        losses, grads = [], []
+        for s in range(0, m, k):  # chunks bound the memory of m models' activations
+            with torch.enable_grad(), self.buffers.rows(who[s:s + k], min(k, m - s)) as bufs:
+                q = p[s:s + k].detach().requires_grad_(True)
+                loss = self.loss_fn(self.forward(q, x[s:s + k], bufs), y[s:s + k], 1)
+                grads.append(torch.autograd.grad(loss.sum(), q)[0])
+            losses.append(loss.detach())
+        return torch.cat(losses).to(p.dtype), torch.cat(grads)
 
     # -- evaluation ------------------------------------------------------------------------
     def _chunks(self, n_use: int, n_all: int):
