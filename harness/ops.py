@@ -89,6 +89,21 @@ def wire(x: Tensor, codec) -> tuple[Tensor, int]:
     return c.roundtrip(x), (c.wire_bits(x) + 7) // 8
 
 
+def with_wire(op, codec):
+    """``op`` with ``codec`` where it names none (a run's wire precision, e.g. bf16 training);
+    ops without payloads, or with a codec of their own, are returned unchanged."""
+    if codec is None:
+        return op
+    if isinstance(op, Start):
+        inner = with_wire(op.op, codec)
+        return op if inner is op else Start(inner)
+    if getattr(op, "codec", "") is None:
+        from dataclasses import replace
+
+        return replace(op, codec=codec)
+    return op
+
+
 def fold(terms: Sequence[Tensor]) -> Tensor:
     """``t_0 + t_1 + ...`` left to right: the one summation order of every backend."""
     acc = terms[0]

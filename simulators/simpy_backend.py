@@ -63,6 +63,7 @@ class SimPyBackend(P2PMixin, Simulator):
         self.alive = set(range(self.n))
         self.handles = [[] for _ in range(self.ranks)]
         self.units = [0.0] * self.ranks  # compute units done, for Rate
+        self.sat_out: set[int] = set()  # ranks whose last Grad skipped them (members=)
         self.all_ids = tuple(range(self.n))
         self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._collective,
                          ops.AllGather: self._collective, ops.Gossip: self._gossip, ops.Rand: self._rand,
@@ -90,6 +91,7 @@ class SimPyBackend(P2PMixin, Simulator):
                 self.final[r] = stop.value
                 return
             failure = None
+            op = ops.with_wire(op, self.run.task.wire_codec)
             handler = self.handlers.get(type(op))
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
@@ -129,7 +131,9 @@ class SimPyBackend(P2PMixin, Simulator):
         if w < 0:
             raise ValueError("Grad: the server has no data; only workers compute gradients")
         if not self._member(r, op)[1]:
+            self.sat_out.add(r)  # its NaN loss is no divergence (Recorder.check_loss)
             return ops.skipped(op, self.n)
+        self.sat_out.discard(r)
         out = self.run.task.loss_and_grad(op.x, self.batches(op, [w])[0], w)
         yield from self._hold(r, op.batches)
         return out
@@ -314,9 +318,12 @@ class SimPyBackend(P2PMixin, Simulator):
         elif w < 0:  # the server's model is the global model
             if rec.is_eval(op.step):
                 ex = op.x if op.eval_x is None else op.eval_x
-                rec.consensus(op.step, op.round, op.x.unsqueeze(0), self.stats.counters(), ex.unsqueeze(0))
+                rec.consensus(op.step, op.round, op.x.unsqueeze(0), self.stats.counters(), ex.unsqueeze(0),
+                              ids=[-1])
         else:
             rec.worker(w, op.step, op.round, self.stats, op.loss, op.metrics, slot=r)
+            # a non-finite loss raises Diverged under on_divergence: stop, which ends env.run() at once
+            rec.check_loss(w, op.step, op.loss, self.stats, slots=r, skip=() if r not in self.sat_out else (w,))
             if not self.offset:
                 rec.offer(w, op.step, op.round, op.x, self.stats, op.eval_x)
         return None

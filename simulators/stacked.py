@@ -33,7 +33,7 @@ class StackedBackend(Simulator):
             raise BackendError(f"backend: {self.run.algorithm.algorithm_name!r} is asynchronous (server and worker "
                                "roles); the stacked backend runs lock-step algorithms only; use --backend simpy")
         self.start(x0)
-        self._link_cache, self._handles, self._slot_cache = {}, [], {}
+        self._link_cache, self._handles, self._slot_cache, self._sat_out = {}, [], {}, set()
         self.all_ids = tuple(range(self.n))
         X = x0.expand(self.n, -1).clone()
         gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
@@ -47,6 +47,7 @@ class StackedBackend(Simulator):
                 op = gen.send(value)
             except StopIteration as stop:
                 return stop.value
+            op = ops.with_wire(op, self.run.task.wire_codec)
             h = handlers.get(type(op))
             if h is None:
                 raise BackendError(f"backend: the stacked backend cannot run {type(op).__name__} ops "
@@ -66,6 +67,8 @@ class StackedBackend(Simulator):
 
     def _grad(self, op):
         ids = self._ids(op)
+        # workers that sit out: their NaN loss is no divergence (Recorder.check_loss)
+        self._sat_out = () if op.members is None else set(self.all_ids) - set(ids)
         idx = torch.stack(self.batches(op, ids))
         if ids == self.all_ids:
             out = self.run.task.loss_and_grad(op.x, idx, torch.arange(self.n))
@@ -218,5 +221,6 @@ class StackedBackend(Simulator):
         for i in range(self.n):
             li = loss[i] if loss is not None else None
             rec.worker(i, op.step, op.round, self.stats, li, {k: v[i] for k, v in op.metrics.items()})
+        rec.check_loss(self.all_ids, op.step, loss, self.stats, skip=self._sat_out)  # may raise Diverged: stop here
         if rec.is_eval(op.step):
             rec.consensus(op.step, op.round, op.x, self.stats.counters(), op.eval_x)

@@ -97,3 +97,21 @@ def test_it_learns(path):
     vocab = build_task(cfg.task, 4, 1).vocab
     assert ev.test_loss.iloc[0] == pytest.approx(math.log(vocab), rel=0.1)
     assert ev.test_loss.iloc[-1] < 0.5 * ev.test_loss.iloc[0], ev.test_loss.tolist()
+
+
+def test_bf16_training_counts_bytes_at_wire_precision(path):
+    """precision: bf16 makes payloads travel in bf16: 2 bytes per element on every backend."""
+    from harness.cost import NetworkSpec
+
+    out = {}
+    for prec in ("fp32", "bf16"):
+        task = small_gpt(path, dtype="float32", precision=prec)
+        cfg = run_cfg(task, "stacked", "sync_sgd", steps=2, network={"latency_s": 0.001, "bandwidth_Bps": 1e7})
+        df, x = simulate(cfg)
+        sim, _ = simulate(cfg.model_copy(update={"backend": "simpy"}))
+        last = df[(df.worker == 0) & (df.step == 2)].bytes_sent.item()
+        assert last == sim[(sim.worker == 0) & (sim.step == 2)].bytes_sent.item()
+        out[prec] = (last, x.shape[1])
+    d = out["fp32"][1]
+    ring = lambda b: NetworkSpec().allreduce_cost(b, range(4)).traffic[0].sent  # noqa: E731
+    assert out["fp32"][0] == 2 * ring(4 * d) and out["bf16"][0] == 2 * ring(2 * d)

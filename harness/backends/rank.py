@@ -129,6 +129,7 @@ class RankDriver(CommHandlers):
             self.mark = t
             if self.on_op is not None:
                 self.on_op(op)
+            op = ops.with_wire(op, self.task.wire_codec)
             handler = self.handlers.get(type(op))
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")

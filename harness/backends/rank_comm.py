@@ -49,7 +49,7 @@ class CommHandlers:
         name = type(op).__name__
         payload, nbytes = ops.wire(op.x.detach(), op.codec)
         c = codecs.parse(op.codec)
-        if ids == self.all_ids and c is None:
+        if ids == self.all_ids and (c is None or c.summable):  # native: the round-tripped payloads' sum
             out = self._comm(name, self.tr.allreduce_sum if isinstance(op, ops.AllReduce) else self.tr.allgather,
                              None, payload)
             if isinstance(op, ops.AllReduce) and op.op == "mean":

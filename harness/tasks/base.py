@@ -25,15 +25,32 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 class TaskParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    batch_size: int = 32
-    dtype: str = "float32"
+    batch_size: int = Field(32, ge=1, description="samples per minibatch")
+    dtype: str = Field("float32", description="floating-point dtype of data and parameters (FLOAT_DTYPES)")
     parts: int | None = Field(None, ge=1, description="number of data parts (shards); default n_workers")
+
+    # Validators (not only Field bounds) so that subclasses that re-declare a default keep the check.
+    @field_validator("batch_size", check_fields=False)
+    @classmethod
+    def _positive_batch(cls, v):
+        if v < 1:
+            raise ValueError(f"Input should be greater than or equal to 1 (samples per minibatch), got {v}")
+        return v
+
+    @field_validator("dtype", check_fields=False)
+    @classmethod
+    def _float_dtype(cls, v):
+        if v not in FLOAT_DTYPES:
+            raise ValueError(f"must be a floating-point dtype, one of {', '.join(FLOAT_DTYPES)}; got {v!r}")
+        return v
 
     def n_parts(self, n_workers: int) -> int:
         """Number of shards to cut: ``parts`` or one per worker (never fewer than workers)."""
@@ -59,6 +76,7 @@ class Task:
     shards: list[np.ndarray]
     batch_size: int
     partition: str = "iid"
+    wire_codec: str | None = None  # codec of payloads whose op names none (bf16 training: "bf16")
 
     def init_params(self, seed: int) -> torch.Tensor:
         raise NotImplementedError
@@ -98,21 +116,39 @@ class Task:
 
 class Sampler:
     """Per-worker minibatch indices: worker ``i`` samples (with replacement) from its shard
-    using its own generator seeded by (seed, i)."""
+    using its own generator seeded by (seed, i). ``draw(i, part=j)`` samples part ``j``
+    with worker ``i``'s stream for that part, seeded by (seed, i, j), created on first
+    use: the batches do not depend on the order in which a backend visits workers."""
 
     def __init__(self, shards: list[np.ndarray], batch_size: int, seed: int):
         self.shards = [torch.as_tensor(s, dtype=torch.long) for s in shards]
-        self.batch_size = batch_size
-        self.gens = []
-        for i in range(len(shards)):
-            g = torch.Generator()
-            g.manual_seed(int(np.random.SeedSequence([seed, i, 7]).generate_state(1)[0]))
-            self.gens.append(g)
+        self.batch_size, self.seed = batch_size, seed
+        self.gens = [self._gen([seed, i, 7]) for i in range(len(shards))]
+        self.part_gens: dict[tuple[int, int], torch.Generator] = {}
+
+    @staticmethod
+    def _gen(key) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        return g
 
     def worker(self, i: int, batches: int = 1) -> torch.Tensor:
         shard = self.shards[i]
         pos = torch.randint(len(shard), (batches * self.batch_size,), generator=self.gens[i])
         return shard[pos]
+
+    def draw(self, i: int, part: int | None = None, batches: int = 1) -> torch.Tensor:
+        """Worker ``i``'s next minibatch indices: from its own shard, or from part ``part``."""
+        if part is None:
+            return self.worker(i, batches)
+        if not 0 <= part < len(self.shards):
+            raise ValueError(f"Grad.part: part {part} does not exist; the data has parts 0..{len(self.shards) - 1} "
+                             "(set task.parts to split it into more)")
+        g = self.part_gens.get((i, part))
+        if g is None:
+            g = self.part_gens[(i, part)] = self._gen([self.seed, i, part, 29])
+        shard = self.shards[part]
+        return shard[torch.randint(len(shard), (batches * self.batch_size,), generator=g)]
 
     def all(self, batches: int = 1) -> torch.Tensor:
         return torch.stack([self.worker(i, batches) for i in range(len(self.shards))])

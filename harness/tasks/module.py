@@ -110,6 +110,7 @@ class ModuleTask(Task):
         if params.precision == "bf16" and self.dtype != torch.float32:
             raise TaskDataError(f"task.precision: bf16 keeps float32 master parameters; set dtype: float32, "
                                 f"not {params.dtype}")
+        self.wire_codec = "bf16" if params.precision == "bf16" else None  # bytes at wire precision
         self.module = self._build(0)
         self.flat = FlatModule(self.module)
         self.dim, self.segments = self.flat.dim, self.flat.segments
