@@ -9,10 +9,20 @@ LSGD's leader) once all workers have reported that step, and writes a ``worker =
 metrics, the consensus distance ``mean_i ||x_i - x_bar||^2``, the valley width
 ``mean_i ||x_i - x_bar||``, counters summed over
 workers and the latest worker clock.
+
+Divergence (``on_divergence``, issue [14]): a run whose loss or parameters stop being finite
+has no accuracy to report, so the recorder watches for it where it is cheap. The backends
+hand every ``Record``'s loss (a scalar per worker, ``[n]`` stacked) to :meth:`Recorder.check_loss`;
+the parameters are checked at evaluation steps only, on the stacked models the consensus row
+averages anyway. The first divergence becomes a ``diverged`` event row (worker, step, the bad
+value in ``train_loss``) and :attr:`Recorder.diverged`; under ``stop`` :class:`Diverged` is
+raised so the simulator ends at once, with the rows so far kept on the exception.
 """
 from __future__ import annotations
 
 from typing import Callable
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -21,6 +31,40 @@ import torch
 from harness.cost import Traffic
 
 COUNTERS = ("time", "compute_s", "comm_s", "idle_s", "bytes_sent", "bytes_recv", "messages")
+ON_DIVERGENCE = ("stop", "continue")
+
+
+class Diverged(Exception):
+    """A non-finite loss or parameter under ``on_divergence: stop``. ``info``: ``{"step",
+    "worker", "what": "train_loss" | "params", "value": "nan" | "inf" | "-inf"}``; ``frame``:
+    the rows recorded up to then (set by ``harness.experiment``)."""
+
+    def __init__(self, info: dict):
+        super().__init__(info)  # one plain arg: SimPy may re-create exceptions from their args
+        self.info, self.frame = info, None
+
+    def __str__(self) -> str:
+        return describe(self.info)
+
+
+def describe(info: dict) -> str:
+    """``diverged at step 17 (worker 3: train_loss is nan)``: the words of the one-line error."""
+    who = "server" if info["worker"] < 0 else f"worker {info['worker']}"
+    what = f"{info['what']} is {info['value']}" if info["what"] == "train_loss" else f"params contain {info['value']}"
+    return f"diverged at step {info['step']} ({who}: {what})"
+
+
+def divergence_line(run_id: str, info: dict) -> str:
+    """The one line on stderr: ``harness: error: run <id> diverged at step 17 (worker 3: ...)``."""
+    more = "" if info.get("stopped", True) else "; it kept going (on_divergence: continue)"
+    return f"harness: error: run {run_id} {describe(info)}{more}"
+
+
+def bad_word(values: torch.Tensor) -> str:
+    """How a non-finite tensor is non-finite, in one word: ``nan``, ``inf`` or ``-inf``."""
+    if torch.isnan(values).any():
+        return "nan"
+    return "-inf" if bool((values == -math.inf).any()) else "inf"
 
 
 class Stats:
@@ -49,10 +93,14 @@ class Stats:
 
 class Recorder:
     def __init__(self, meta: dict, n: int, steps: int, evaluate: Callable[[torch.Tensor], dict],
-                 eval_every: int = 25, log_every: int = 1, on_eval: Callable[[dict], None] | None = None):
+                 eval_every: int = 25, log_every: int = 1, on_eval: Callable[[dict], None] | None = None,
+                 on_divergence: str | None = None):
         self.meta, self.n, self.steps = meta, n, steps
         self.evaluate, self.eval_every, self.log_every = evaluate, eval_every, log_every
         self.on_eval = on_eval
+        # None: no checks (the real backends' ranks check and agree themselves, harness.backends.rank)
+        self.on_divergence = on_divergence
+        self.diverged: dict | None = None  # the first divergence, see mark_diverged
         self.rows: list[dict] = []
         self.alive = set(range(n))
         self._pending: dict[int, dict[int, torch.Tensor]] = {}
@@ -82,6 +130,60 @@ class Recorder:
         row.update({c: stats.__dict__[c][k].item() for c in COUNTERS[1:]})
         self.rows.append(row)
 
+    # -- divergence ----------------------------------------------------------------------
+    def check_loss(self, workers, step: int, loss, stats: Stats, slots=None, skip=()):
+        """Every ``Record``: ``loss`` of ``workers`` (a number, or a ``[k]`` tensor for ``k``
+        workers; one fused check and one read-back per call). Workers in ``skip`` sat out
+        their last ``Grad`` (``members=``), whose NaN loss is by design, not a divergence."""
+        if self.on_divergence is None or self.diverged is not None or loss is None:
+            return
+        if isinstance(loss, float):
+            if math.isfinite(loss):
+                return
+            loss = torch.tensor([loss])
+        loss = loss.detach().reshape(-1)
+        ok = torch.isfinite(loss)
+        if bool(ok.all()):
+            return
+        workers = [workers] if isinstance(workers, int) else list(workers)
+        slots = workers if slots is None else ([slots] if isinstance(slots, int) else list(slots))
+        for j in torch.nonzero(~ok).flatten().tolist():
+            if workers[j] not in skip:
+                self._diverge(workers[j], step, "train_loss", loss[j:j + 1], stats, slots[j])
+                return
+
+    def check_params(self, step: int, X: torch.Tensor, counters: dict, ids, E: torch.Tensor | None = None):
+        """Evaluation steps: the models ``X`` (``[k, d]``, workers ``ids``) and ``E``."""
+        if self.on_divergence is None or self.diverged is not None:
+            return
+        ok = torch.isfinite(X).all(-1) if E is None else torch.isfinite(X).all(-1) & torch.isfinite(E).all(-1)
+        if bool(ok.all()):
+            return
+        j = int(torch.nonzero(~ok).flatten()[0])
+        bad = X[j] if not bool(torch.isfinite(X[j]).all()) else E[j]
+        snap = Stats(1)
+        for c in COUNTERS:
+            getattr(snap, c)[0] = counters[c][j]
+        self._diverge(ids[j], step, "params", bad, snap, 0)
+
+    def mark_diverged(self, i: int, step: int, what: str, values: torch.Tensor, stats: Stats, slot: int) -> dict:
+        """Record a divergence of worker ``i`` (``-1``: the server) at ``step`` as a ``diverged``
+        row and return its ``info`` (see :class:`Diverged`); never raises."""
+        info = {"step": int(step), "worker": int(i), "what": what, "value": bad_word(values)}
+        row = {**self.meta, "worker": int(i), "event": "diverged", "step": int(step), "round": -1,
+               "time_s": float(stats.time[slot])}
+        row.update({c: stats.__dict__[c][slot].item() for c in COUNTERS[1:]})
+        if what == "train_loss":
+            row["train_loss"] = float(values.reshape(-1)[0])
+        self.rows.append(row)
+        self.diverged = info
+        return info
+
+    def _diverge(self, i, step, what, values, stats, slot):
+        info = self.mark_diverged(i, step, what, values, stats, slot)
+        if self.on_divergence == "stop":
+            raise Diverged(info)
+
     def drop(self, i: int, stats: Stats):
         """Worker ``i`` is gone for good: consensus rows average the others from now on."""
         self.alive.discard(i)
@@ -108,7 +210,7 @@ class Recorder:
         X = torch.stack([got[j][0] for j in live])
         snap = np.array([got[j][1] for j in live]).T
         E = torch.stack([got[j][3] for j in live])
-        self.consensus(step, got[live[0]][2], X, dict(zip(COUNTERS, snap)), E)
+        self.consensus(step, got[live[0]][2], X, dict(zip(COUNTERS, snap)), E, ids=live)
 
     def update(self, i: int, step: int, staleness: float, stats: Stats, slot: int):
         """An ``update`` row: the server applied worker ``i``'s contribution, ``staleness``
@@ -118,9 +220,11 @@ class Recorder:
         row.update({c: stats.__dict__[c][slot].item() for c in COUNTERS[1:]})
         self.rows.append(row)
 
-    def consensus(self, step: int, rnd: int, X: torch.Tensor, counters: dict, E: torch.Tensor | None = None):
+    def consensus(self, step: int, rnd: int, X: torch.Tensor, counters: dict, E: torch.Tensor | None = None,
+                  ids=None):
         """Consensus row from the stacked models, per-worker counters ``[n]`` each and the
-        models to evaluate ``E`` (default ``X``)."""
+        models to evaluate ``E`` (default ``X``); ``ids``: the workers of ``X``'s rows
+        (default ``0..k-1``; ``[-1]`` for a server's model), named if their model diverged."""
         xbar = X.mean(0)
         ebar = xbar if E is None else E.mean(0)
         row = {**self.meta, "worker": -1, "event": "eval", "step": step, "round": rnd,
@@ -132,6 +236,7 @@ class Recorder:
         row["consensus_dist"] = sq.mean().item()
         row["valley_width"] = sq.sqrt().mean().item()
         self.rows.append(row)
+        self.check_params(step, X, counters, range(len(X)) if ids is None else list(ids), E)
         if self.on_eval:
             self.on_eval(row)
 
