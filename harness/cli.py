@@ -66,6 +66,7 @@ def cmd_run(a) -> int:
     out = Path(a.out or Path("runs") / runs[0].name)
     root = _is_root()  # real backends: every rank runs this loop; only rank 0 prints
     t0 = time.perf_counter()
+    diverged = []  # [issue 14] runs that diverged, now or before: the sweep goes on, exit status 1
     for k, cfg in enumerate(runs, 1):
         label = f"[{k}/{len(runs)}] {cfg.run_id}"
         bar = _progress(cfg, label, a.quiet or not root)
@@ -75,11 +76,21 @@ def cmd_run(a) -> int:
         if bar:
             bar.close()
         if root:
-            print(f"{label}: {'done' if ran else 'already finished, skipped'} ({time.perf_counter() - t1:.1f} s)",
-                  flush=True)
+            from harness.claims import status
+
+            st = status(run_dir)
+            diverged += [cfg.run_id] if st == "diverged" else []
+            said = ("diverged" if st == "diverged" else "done") if ran else {
+                "finished": "already finished, skipped", "diverged": "diverged before, skipped"}.get(
+                st, "being run by another process, skipped")
+            print(f"{label}: {said} ({time.perf_counter() - t1:.1f} s)", flush=True)
     if root:
         print(f"{len(runs)} run(s) in {out} ({time.perf_counter() - t0:.0f} s)")
         _print_summary(out, runs[0].target_acc)
+        if diverged:
+            print(f"harness: error: {len(diverged)} of {len(runs)} run(s) diverged: {', '.join(diverged)} "
+                  f"(step and worker in their run.json)", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -115,7 +126,11 @@ def _print_summary(out: Path, target: float) -> None:
     from results.report import format_summary
     from results.stats import summary
 
-    df = results.load(out, finished_only=True)
+    try:
+        df = results.load(out, finished_only=True)
+    except results.ResultsError:  # [issue 14] none ended yet: another process may be running them
+        print(f"\nNo run in {out} has ended yet; nothing to summarise.")
+        return
     print(f"\nSummary (target accuracy {target:.0%}):")
     print(format_summary(summary(df, target_acc=target)))
 

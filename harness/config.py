@@ -50,6 +50,8 @@ class RunConfig(BaseModel):
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     faults: FaultSpec | None = None
+    on_divergence: Literal["stop", "continue"] = Field(
+        "stop", description="a non-finite loss or model ends the run as 'diverged' (stop) or only marks it (continue)")
 
     @field_validator("algorithm", "task", "topology", mode="before")
     @classmethod
@@ -61,7 +63,10 @@ class RunConfig(BaseModel):
         parts = [self.algorithm["name"], str(self.task.get("partition", self.task["name"]))]
         if self.topology:
             parts.append(self.topology["name"])
-        digest = hashlib.sha1(json.dumps(self.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        dump = self.model_dump()
+        if dump["on_divergence"] == "stop":  # the default leaves run ids as they were before the field
+            del dump["on_divergence"]
+        digest = hashlib.sha1(json.dumps(dump, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return "-".join([*parts, self.backend, f"s{self.seed}", digest])
 
 

@@ -1,22 +1,25 @@
 """Run one validated config end to end: build the parts, interpret, write the results.
 
 The composition root: the only module that knows algorithms, tasks, topologies, backends
-and results together. A run directory gets ``run.json`` with ``status: running`` first;
-``metrics.parquet`` and the final ``run.json`` (``finished`` or ``failed`` with the error)
-are written atomically at the end, so a killed run is visibly unfinished, never half-written.
+and results together. A run directory is claimed first (:mod:`harness.claims`: a run another
+process is running is skipped), then gets ``run.json`` with ``status: running``;
+``metrics.parquet`` and the final ``run.json`` (``finished``, ``diverged`` with the step and
+worker, or ``failed`` with the error) are written atomically at the end, so a killed run is
+visibly unfinished, never half-written.
 """
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from harness import algorithms
+from harness import algorithms, claims
 from harness.algorithms import Ctx
 from harness.config import RunConfig
-from harness.recording import Recorder
+from harness.recording import Diverged, Recorder, divergence_line
 from harness.tasks import Sampler, build_task
 from harness.runinfo import meta_columns, run_status, versions  # noqa: F401 (re-exported)
 from results.store import METRICS, RUN_JSON, write_json, write_table
@@ -35,7 +38,7 @@ def build(cfg: RunConfig, on_eval=None):
     task = build_task(cfg.task, cfg.n_workers, cfg.seed)
     alg_params = {k: v for k, v in cfg.algorithm.items() if k != "name"}
     recorder = Recorder(meta_columns(cfg, cfg.backend), cfg.n_workers, cfg.steps, task.evaluate,
-                        cfg.eval_every, cfg.log_every, on_eval)
+                        cfg.eval_every, cfg.log_every, on_eval, on_divergence=cfg.on_divergence)
     sampler = Sampler(task.shards, task.batch_size, cfg.seed)
     # calibration measures on its own sampler so the run's batch streams stay untouched
     measure = lambda: measure_grad_seconds(task, Sampler(task.shards, task.batch_size, cfg.seed + 1))  # noqa: E731
@@ -48,22 +51,38 @@ def build(cfg: RunConfig, on_eval=None):
 
 
 def simulate(cfg: RunConfig, on_eval=None):
-    """Run ``cfg`` in memory: returns ``(metrics DataFrame, final [n, d] parameters)``."""
+    """Run ``cfg`` in memory: returns ``(metrics DataFrame, final [n, d] parameters)``.
+    A run that diverges under ``on_divergence: stop`` raises :class:`Diverged` whose
+    ``frame`` holds the rows up to then (a ``diverged`` event row last); under ``continue``
+    the table has that row and the run goes on."""
     if cfg.backend in ("mpi", "torch"):
         raise ValueError(f"backend: {cfg.backend} runs one process per rank; use `harness run` under a launcher "
                          "(docs/real-backends.md), not simulate()")
+    df, final, _ = _execute(cfg, on_eval)
+    return df, final
+
+
+def _execute(cfg: RunConfig, on_eval=None):
+    """``(table, final parameters, first divergence or None)``; raises :class:`Diverged` (stop)."""
     backend, x0 = build(cfg, on_eval)
-    final = backend.execute(x0)
-    return backend.run.recorder.frame(), final
+    rec = backend.run.recorder
+    try:
+        final = backend.execute(x0)
+    except Diverged as e:
+        e.frame = rec.frame()
+        raise
+    return rec.frame(), final, rec.diverged
 
 
 def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,
                save_params: bool = False) -> tuple[Path, bool]:
     """Run ``cfg`` into ``out/<run_id>/``; returns ``(run_dir, ran)``. A run already
-    finished there is skipped unless ``force``. ``save_params``: also write the final
+    finished (or diverged) there is skipped unless ``force``; one that another process has
+    claimed is skipped always (a stale claim is taken over). A divergence is no exception:
+    the status says it and one line goes to stderr. ``save_params``: also write the final
     parameters as ``final_params.pt`` (``{"workers": [n, d], "server": None}``)."""
     # -- real backends (one OS process per rank): harness/backends/ ------------------------
-    from harness.backends import PARAMS_FILE, REAL_BACKENDS
+    from harness.backends import REAL_BACKENDS
 
     if cfg.backend in REAL_BACKENDS:
         from harness.backends import run_to_dir as run_real
@@ -71,17 +90,32 @@ def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,
         return run_real(cfg, out, force=force, save_params=save_params)
     # -- simulated backends ---------------------------------------------------------------
     run_dir = Path(out) / cfg.run_id
-    if not force and run_status(run_dir) == "finished" and (run_dir / METRICS).exists():
+    if not force and claims.is_done(run_dir):
         return run_dir, False
+    claim = claims.acquire(run_dir, cfg.run_id)
+    if claim is None:  # another process is running it
+        return run_dir, False
+    try:
+        if not force and claims.is_done(run_dir):  # finished by another process meanwhile
+            return run_dir, False
+        return _run(cfg, run_dir, on_eval, save_params), True
+    finally:
+        claim.release()
+
+
+def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
     record = {"run_id": cfg.run_id, "status": "running", "error": None, "config": cfg.model_dump(),
               "versions": versions(), "started": _now(), "finished": None}
     write_json(record, run_dir / RUN_JSON)
     t0 = time.perf_counter()
     try:
-        df, final = simulate(cfg, on_eval)
+        try:
+            df, final, div = _execute(cfg, on_eval)
+        except Diverged as e:  # on_divergence: stop; the rows so far are the result
+            df, final, div = e.frame, None, e.info
         write_table(df, run_dir / METRICS)
-        if save_params:
-            from harness.backends import save_params as write_params
+        if save_params and final is not None:
+            from harness.backends import PARAMS_FILE, save_params as write_params
 
             write_params(run_dir / PARAMS_FILE, final)
     except BaseException as e:
@@ -89,8 +123,12 @@ def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,
         write_json(record, run_dir / RUN_JSON)
         raise
     record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0)
+    if div is not None:
+        div = {**div, "stopped": cfg.on_divergence == "stop"}
+        record.update(status="diverged", diverged=div)
+        print(divergence_line(cfg.run_id, div), file=sys.stderr, flush=True)
     write_json(record, run_dir / RUN_JSON)
-    return run_dir, True
+    return run_dir
 
 
 def _now() -> str:

@@ -6,6 +6,13 @@ them once, and adds the run record: a ``status`` column and the resolved config
 flattened into ``cfg.<dotted.path>`` columns (``cfg.algorithm.period``; lists become
 JSON text so that every column stays hashable and groupable).
 
+Statuses (``run.json``'s, plus what reading finds): ``running`` (or killed), ``finished``,
+``failed``, ``diverged`` (stopped at a non-finite loss or model; rows up to then are kept),
+``damaged`` (a ``run.json`` or ``metrics.parquet`` that cannot be read: :func:`runs` checks the
+parquet footer, cheap; :func:`load` reads the tables and skips unreadable ones) and
+``unknown`` (no ``run.json``). Rows of a run whose ``run.json`` is unreadable still load, with
+status ``damaged``, so summaries flag them instead of merging them as if nothing were wrong.
+
 Bad input never aborts the whole load. Each problem (corrupt or half-written parquet,
 missing metrics file, unreadable ``run.json``, schema mismatch, a run_id that disagrees
 with its ``run.json`` or appears twice) is reported as a :class:`ResultsWarning` whose
@@ -30,6 +37,7 @@ from results.schema import COLUMNS, conform
 from results.store import METRICS, RUN_JSON, read_json
 
 CFG_PREFIX = "cfg."
+ENDED = ("finished", "diverged")  # runs whose table is complete: what ``finished_only`` keeps
 _ARROW = {"string": pa.large_string(), "int64": pa.int64(), "float64": pa.float64()}
 _TARGET = {c: _ARROW[t] for c, t in COLUMNS.items()}
 
@@ -63,23 +71,35 @@ def _no_runs(root) -> ResultsError:
 
 
 def runs(root: str | os.PathLike) -> pd.DataFrame:
-    """One row per run directory, from the ``run.json`` files only (cheap; no tables read).
+    """One row per run directory, from the ``run.json`` files and the parquet footers only
+    (cheap; no tables read).
 
-    Columns: ``run_id, status, error, started, finished, path, has_metrics, config``
-    (the config as a dict) and the flattened ``cfg.*`` columns. A directory without a
-    readable run.json gets ``status="unknown"``. Raises ``ResultsError`` if there are none.
+    Columns: ``run_id, status, error, started, finished, path, has_metrics, diverged`` (run.json's
+    ``{"step", "worker", "what", "value", "stopped"}`` or None), ``config`` (a dict) and the
+    flattened ``cfg.*`` columns. A directory without a run.json gets ``status="unknown"``; an
+    unreadable run.json or metrics.parquet gives ``status="damaged"`` with the reason in
+    ``error``. Raises ``ResultsError`` if there are none.
     """
     rows = []
     for d in find_runs(root):
+        rec, damage = {}, []
         try:
             rec = read_json(d / RUN_JSON) if (d / RUN_JSON).exists() else {}
-        except ResultsError:
-            rec = {}
+        except ResultsError as e:
+            damage.append(str(e))
+        has_metrics = (d / METRICS).exists()
+        if has_metrics:
+            try:
+                pq.read_metadata(d / METRICS)
+            except Exception as e:  # truncated, not parquet, unreadable: the table is lost
+                damage.append(f"{d / METRICS}: unreadable parquet ({type(e).__name__}: {e})")
         cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
-        rows.append({"run_id": rec.get("run_id", d.name), "status": rec.get("status", "unknown"),
-                     "error": rec.get("error"), "started": rec.get("started"),
-                     "finished": rec.get("finished"), "path": str(d),
-                     "has_metrics": (d / METRICS).exists(), "config": cfg, **flatten(cfg)})
+        status, error = rec.get("status", "unknown"), rec.get("error")
+        if damage:
+            status, error = "damaged", "; ".join([*([str(error)] if error else []), *damage])
+        rows.append({"run_id": rec.get("run_id", d.name), "status": status, "error": error,
+                     "started": rec.get("started"), "finished": rec.get("finished"), "path": str(d),
+                     "has_metrics": has_metrics, "diverged": rec.get("diverged"), "config": cfg, **flatten(cfg)})
     if not rows:
         raise _no_runs(root)
     return pd.DataFrame(rows)
@@ -120,7 +140,9 @@ def _concat(tables: list[pa.Table]) -> pd.DataFrame:
 def load(root: str | os.PathLike, *, finished_only: bool = False) -> pd.DataFrame:
     """All runs under ``root`` as one tidy frame: schema columns, ``hp.*``, ``status``, ``cfg.*``.
 
-    ``finished_only`` keeps runs whose run.json says ``"finished"``. Problems are warned
+    ``finished_only`` keeps runs that ended with a complete table: ``"finished"`` or
+    ``"diverged"`` (summaries show the latter as diverged, not with an accuracy). Rows of a run
+    whose run.json cannot be read get status ``"damaged"``. Problems are warned
     (``ResultsWarning``, naming the file) and listed in ``df.attrs["problems"]``.
     Raises ``ResultsError`` if ``root`` holds no run, or no readable one.
     """
@@ -133,15 +155,17 @@ def load(root: str | os.PathLike, *, finished_only: bool = False) -> pd.DataFram
     seen: dict[str, Path] = {}
     for d in dirs:
         rec: dict = {}
+        status = "unknown"
         if (d / RUN_JSON).exists():
             try:
                 rec = read_json(d / RUN_JSON)
+                status = rec.get("status", "unknown")
             except ResultsError as e:
-                problems.append(f"{e}; status unknown")
+                problems.append(f"{e}; its rows are marked status 'damaged'")
+                status = "damaged"
         else:
             problems.append(f"{d / RUN_JSON}: missing; status unknown")
-        status = rec.get("status", "unknown")
-        if finished_only and status != "finished":
+        if finished_only and status not in ENDED:
             continue
         if not (d / METRICS).exists():
             problems.append(f"{d / METRICS}: missing (status {status}); run skipped")

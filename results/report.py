@@ -6,8 +6,12 @@
 - ``summary.md``: the per-setting table (mean over seeds) as markdown, for pasting;
 - ``<figure>.png`` / ``.svg``: the figures of :data:`results.plots.FIGURES`;
 - ``index.html``: self-contained (figures embedded as base64 PNG): the per-setting and
-  per-run tables, a note listing runs that did not finish and files that could not be
-  read, and every run's config.
+  per-run tables, a note listing runs that did not finish (with whether any of their rows
+  are in the tables: a diverged run's are, a killed or failed one usually has none) and files
+  that could not be read, and every run's config.
+
+A diverged run shows "diverged" where an accuracy would be; a run with an unreadable
+``run.json`` is counted in its setting but flagged ("3 (1 damaged)").
 
 :func:`format_summary` renders the per-setting table as fixed-width text for a terminal.
 """
@@ -63,10 +67,11 @@ def _table(summary_df: pd.DataFrame) -> pd.DataFrame:
     out = agg[by].astype(object).where(agg[by].notna(), "-").map(
         lambda v: f"{v:g}" if isinstance(v, float) else str(v))
     out.columns = [c.removeprefix("hp.") for c in by]
-    out["runs"] = agg["runs"].astype(str)
+    out["runs"] = [f"{n}" + (f" ({d} damaged)" if d else "") for n, d in zip(agg["runs"], agg["damaged"])]
     out["final test acc"] = [
-        _num(m, ".3f") + ("" if pd.isna(c) else f" ± {c:.3f}")
-        for m, c in zip(agg["final_test_acc"], agg["final_test_acc_ci"])]
+        "diverged" if dv and dv == n else
+        _num(m, ".3f") + ("" if pd.isna(c) else f" ± {c:.3f}") + (f" ({dv}/{n} diverged)" if dv else "")
+        for m, c, dv, n in zip(agg["final_test_acc"], agg["final_test_acc_ci"], agg["diverged"], agg["runs"])]
     out["total bytes"] = agg["total_bytes"].map(human_bytes)
     if "total_bytes_reduction" in agg:
         out[f"bytes vs {BASELINE}"] = [
@@ -114,9 +119,18 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
              f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>"]
     bad = run_list[run_list["status"] != "finished"]
     if len(bad):
-        rows = bad[["run_id", "status", "error", "path"]].astype(object).where(bad[["run_id", "status", "error", "path"]].notna(), "")
-        parts += [f"<div class='note'><b>{len(bad)} run(s) did not finish</b> (their partial data is "
-                  "included in the tables and figures):", rows.to_html(index=False), "</div>"]
+        cols = ["run_id", "status", "error", "path"]
+        rows = bad[cols].astype(object).where(bad[cols].notna(), "")
+        ids = set(summary_df["run_id"])
+        shown = [r in ids for r in bad["run_id"]]
+        rows.insert(2, "rows in this report", [_rows_note(r, summary_df) if k else "none"
+                                               for r, k in zip(bad["run_id"], shown)])
+        k = sum(shown)
+        said = ("none of their rows are in the tables and figures" if k == 0 else
+                "the rows of all of them are in the tables and figures, marked by their status" if k == len(bad) else
+                f"the rows of {k} of them are in the tables and figures, marked by their status; the others have none")
+        parts += [f"<div class='note'><b>{len(bad)} run(s) did not finish</b> ({said}):",
+                  rows.to_html(index=False), "</div>"]
     else:
         parts.append("<p>All runs finished.</p>")
     if problems or fig_errors:
@@ -136,6 +150,14 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
         parts.append(f"<details><summary>{e(str(r.run_id))} ({e(str(r.status))})</summary><pre>{e(cfg)}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _rows_note(run_id, summary_df) -> str:
+    """What a report shows of an unfinished run: up to where its rows go."""
+    r = summary_df[summary_df["run_id"] == run_id].iloc[0]
+    if "diverged_step" in r and not pd.isna(r["diverged_step"]):
+        return f"up to step {int(r['diverged_step'])} (diverged there)"
+    return "yes"
 
 
 def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os.PathLike | None = None) -> Path:

@@ -5,6 +5,9 @@ evaluation and counters summed over workers; counters are cumulative, so the las
 is the total. "Last" and "first" follow the run's clock: rows are ordered by
 ``(time_s, step)`` within a run, ties kept in table order. Grouping keeps missing keys
 (``topology`` is null for all-reduce algorithms), i.e. ``dropna=False`` throughout.
+A run that diverged (status ``diverged``, or a ``diverged`` event row) has no final accuracy:
+:func:`summary` gives it NaN there and ``diverged=True``, so means over seeds leave it out
+and the report says "diverged" instead.
 """
 from __future__ import annotations
 
@@ -46,7 +49,9 @@ def summary(df: pd.DataFrame, target_acc: float = 0.9) -> pd.DataFrame:
     """One row per run: its setting, final metrics, totals and time/bytes to ``target_acc``.
 
     Columns: ``run_id, algorithm, backend, task, partition, topology, n_workers, seed``,
-    ``status`` (if loaded), ``final_test_acc, final_test_loss, total_bytes`` (bytes_sent
+    ``status`` (if loaded), ``diverged`` and ``diverged_step`` (the first ``diverged`` row's
+    step; a diverged run's final accuracy and loss are NaN: its model is not a result),
+    ``final_test_acc, final_test_loss, total_bytes`` (bytes_sent
     of the last consensus row, summed over workers), ``bytes_per_worker, total_messages,
     time_s`` (clock of the last consensus row: simulated or wall, see ``backend``),
     ``rounds, target_acc, reached, time_to_target_s, bytes_to_target, rounds_to_target``,
@@ -69,7 +74,14 @@ def summary(df: pd.DataFrame, target_acc: float = 0.9) -> pd.DataFrame:
     out["reached"] = out["reached"].astype("boolean").fillna(False).astype(bool)
     out["bytes_per_worker"] = out["total_bytes"] / out["n_workers"]
     out["target_acc"] = float(target_acc)
-    cols = [*IDENTITY, *(["status"] if "status" in extra else []), "final_test_acc", "final_test_loss",
+    ev = df[df["event"] == "diverged"].groupby("run_id", sort=False)["step"].min()
+    out["diverged_step"] = out["run_id"].map(ev).astype("Int64")
+    out["diverged"] = out["diverged_step"].notna().to_numpy(bool)
+    if "status" in out:
+        out["diverged"] |= out["status"].astype(object).fillna("").eq("diverged").to_numpy(bool)
+    out.loc[out["diverged"], ["final_test_acc", "final_test_loss"]] = np.nan
+    cols = [*IDENTITY, *(["status"] if "status" in extra else []), "diverged", "diverged_step",
+            "final_test_acc", "final_test_loss",
             "total_bytes", "bytes_per_worker", "total_messages", "time_s", "rounds", "target_acc",
             "reached", "time_to_target_s", "bytes_to_target", "rounds_to_target"]
     return out[cols + [c for c in extra if c != "status"]].reset_index(drop=True)
@@ -167,10 +179,15 @@ def aggregate(s: pd.DataFrame, by: Iterable[str] | None = None, level: float = 0
     """Mean over seeds of a :func:`summary`, one row per setting (default
     :func:`setting_columns`): ``runs, reached`` (count), ``final_test_acc`` with
     ``final_test_acc_ci`` (t half-width), ``total_bytes, bytes_per_worker, time_s`` means
-    and ``time_to_target_s, bytes_to_target`` means over the runs that reached it."""
+    and ``time_to_target_s, bytes_to_target`` means over the runs that reached it; counts of
+    ``diverged`` runs (left out of the accuracy mean) and of ``damaged`` ones (unreadable
+    run.json: included, but flagged)."""
     by = setting_columns(s) if by is None else _list(by)
+    s = s.assign(diverged=s["diverged"] if "diverged" in s else False,
+                 damaged=s["status"].astype(object).fillna("").eq("damaged") if "status" in s else False)
     g = s.groupby(by, sort=True, dropna=False)
     out = g.agg(runs=("run_id", "count"), reached=("reached", "sum"),
+                diverged=("diverged", "sum"), damaged=("damaged", "sum"),
                 total_bytes=("total_bytes", "mean"), bytes_per_worker=("bytes_per_worker", "mean"),
                 time_s=("time_s", "mean"), time_to_target_s=("time_to_target_s", "mean"),
                 bytes_to_target=("bytes_to_target", "mean")).reset_index()

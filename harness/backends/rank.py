@@ -32,9 +32,13 @@ algorithm's own maths between ops; ``comm_s`` = time inside communication ops; `
 the part of a ``Recv`` spent waiting for a message to arrive. The clock is *paused*
 during the evaluation gather, and test metrics of consensus rows are computed after the
 run, so evaluation never shows up as training time.
+
+Divergence: each worker checks its loss at every ``Record`` and its model at evaluation
+steps; under ``stop`` the ranks agree there and stop together (:mod:`~harness.backends.rank_divergence`).
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -45,6 +49,7 @@ from harness import algorithms, ops
 from harness.algorithms import Ctx
 from harness.backends.launch import op_timeout_s
 from harness.backends.rank_comm import CommHandlers
+from harness.backends.rank_divergence import DivergenceChecks, Stop
 from harness.backends.transport import COUNTER_VALUES, Clock, Counters, DeferredRecorder, Transport, Watchdog
 from harness.cost import Traffic
 from harness.recording import COUNTERS, Stats
@@ -52,7 +57,7 @@ from harness.runinfo import meta_columns
 from harness.tasks import Sampler, build_task
 
 
-class RankDriver(CommHandlers):
+class RankDriver(CommHandlers, DivergenceChecks):
     on_op = None  # optional callback(op) before each op's handler: op traces for harness.backends.loopback
 
     def __init__(self, cfg, tr: Transport, on_timeout):
@@ -93,6 +98,10 @@ class RankDriver(CommHandlers):
         self.seq: dict = {}  # (member set) -> collectives done over it; ("g", src, dst) -> gossip messages
         self.units, self.pending = 0.0, []  # compute units done (Rate); started collectives
         self.step_hint = 0  # last recorded step, for error messages
+        self.div: dict | None = None  # this rank's first divergence; after an agreement, the run's
+        self.sat_out = False  # the last Grad skipped this worker (members=): its NaN loss is by design
+        self.agree = cfg.on_divergence == "stop" and not self.server_alg
+        self.last_x = None  # the model of the last Record: the final model when the run stops early
 
     @property
     def where(self) -> str:
@@ -133,7 +142,12 @@ class RankDriver(CommHandlers):
             handler = self.handlers.get(type(op))
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
-            value = handler(op)
+            try:
+                value = handler(op)
+            except Stop:
+                gen.close()
+                final = self.last_x
+                break
         self.loop_s = self.clock.now()  # training time: wall since the start barrier, evaluation excluded
         self._comm("waiting for sent messages to leave", self.tr.finish)
         self.dog.stop()
@@ -144,6 +158,7 @@ class RankDriver(CommHandlers):
         """Worker rows through ``Recorder.worker``, after the run: a ``Record`` only keeps the
         counters, so that building rows never runs on the clock or slows the loop."""
         st, k = self.stats, self.k
+        self._cut_rows()
         for step, rnd, values, loss, metrics in self.logged:
             for c, v in zip(COUNTERS, values):
                 getattr(st, c)[k] = v
@@ -172,7 +187,8 @@ class RankDriver(CommHandlers):
     def _grad(self, op):
         if self.role == "server":
             raise ValueError("Grad: the server rank has no data shard; only workers compute gradients")
-        if not self._member(op)[1]:
+        self.sat_out = not self._member(op)[1]
+        if self.sat_out:
             return ops.skipped(op, self.n)
         part = None if op.part is None else int(op.part)
         out = self.task.loss_and_grad(op.x, self.sampler.draw(self.i, part, op.batches), self.i)
@@ -220,16 +236,26 @@ class RankDriver(CommHandlers):
             rec.update(src, step, op.staleness, self.ctr.into(self.stats, self.k), self.k)
             return None
         evaluate = rec.is_eval(step)
+        self.last_x = op.x
+        loss = None
+        if self.role == "worker":
+            loss = op.loss.item() if isinstance(op.loss, torch.Tensor) else op.loss
+            if self.div is None and loss is not None and not self.sat_out and not math.isfinite(loss):
+                self._diverged(step, "train_loss", torch.tensor([loss]))
         if not evaluate and step % rec.log_every and step != rec.steps:
             return None  # no row at this step (log_every)
         ctr = self.ctr
         if self.role == "worker":
-            loss = op.loss.item() if isinstance(op.loss, torch.Tensor) else op.loss
             self.logged.append((step, op.round, COUNTER_VALUES(ctr), loss, op.metrics))
         if not evaluate:
             return None
         x = op.x.detach()
         e = None if op.eval_x is None else op.eval_x.detach()
+        if self.div is None:
+            for m in (x, e):
+                if m is not None and not bool(torch.isfinite(m).all()):
+                    self._diverged(step, "params", m)
+                    break
         self.clock.pause()
         try:
             if self.role == "server":
@@ -244,6 +270,8 @@ class RankDriver(CommHandlers):
                     X, C = got
                     E = None if e is None else X[:, x.numel():]
                     rec.consensus(step, op.round, X[:, :x.numel()], dict(zip(COUNTERS, C.T)), E)
+                if self.agree:
+                    self._agree(step)
         finally:
             self.clock.resume()
         return None

@@ -1,5 +1,7 @@
 """Run one rank end to end: build the driver, run it, gather rows to rank 0 and write the
-run directory atomically; on any error, report the rank and cause and abort the job."""
+run directory atomically; on any error, report the rank and cause and abort the job.
+Rank 0 claims the run directory first (:mod:`harness.claims`) and marks a run whose loss or
+model went non-finite ``diverged`` (:mod:`harness.backends.rank_divergence`)."""
 from __future__ import annotations
 
 import os
@@ -65,12 +67,18 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     from harness.config import ConfigError
     from harness.runinfo import run_status, versions
     from results.store import METRICS, RUN_JSON, write_json, write_table
+    from harness import claims
 
     run_dir = Path(out) / cfg.run_id
     tr = transport_cls()
     root = tr.rank == 0
-    done = bool(not force and run_status(run_dir) == "finished" and (run_dir / METRICS).exists()) if root else None
-    if tr.bcast_obj(done):
+    claim = None  # rank 0's claim on run_dir: no second process runs it meanwhile
+    if root and not (not force and claims.is_done(run_dir)):
+        claim = claims.acquire(run_dir, cfg.run_id)
+        if claim is not None and not force and claims.is_done(run_dir):  # finished meanwhile
+            claim.release()
+            claim = None
+    if tr.bcast_obj(claim is None if root else None):
         tr.close()
         return run_dir, False
     alg = algorithms.get(cfg.algorithm["name"])
@@ -88,6 +96,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
                f"launch with `{launch} ...` or --set n_workers={tr.size - server}")
     if msg:  # every rank sees the same mistake; rank 0 says it
         if root:
+            claim.release()
             raise ConfigError(msg)
         raise SystemExit(2)
 
@@ -117,6 +126,8 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
                 write_json({**record, "status": "failed", "error": msg, "finished": _now()}, run_dir / RUN_JSON)
             except Exception:
                 pass
+        if claim is not None:
+            claim.release()
         tr.abort(msg)
         os._exit(1)  # abort() does not return; this is a last resort
 
@@ -126,7 +137,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         if root:
             drv.rec.finish()  # test metrics of the consensus rows, off the clock
         mine = {"rank": tr.rank, "role": drv.role, "index": drv.i, "rows": drv.rec.rows, "host": socket.gethostname(),
-                "final": final.detach().cpu() if save_params else None}
+                "final": final.detach().cpu() if save_params else None, "diverged": drv.div}
         parts = tr.gather_obj(mine)
         if root:
             parts.sort(key=lambda p: p["rank"])
@@ -138,7 +149,14 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
                 write_params(run_dir / PARAMS_FILE, workers, server_x)
             record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0,
                           hosts=sorted({p["host"] for p in parts}))
+            divs = sorted((p["diverged"] for p in parts if p["diverged"]), key=lambda d: (d["step"], d["worker"]))
+            if divs:  # the first over all ranks (they agree on it under on_divergence: stop)
+                from harness.recording import divergence_line
+
+                record.update(status="diverged", diverged={**divs[0], "stopped": drv.agree})
+                print(divergence_line(cfg.run_id, record["diverged"]), file=sys.stderr, flush=True)
             write_json(record, run_dir / RUN_JSON)
+            claim.release()
         tr.barrier()
         tr.close()
     except BaseException as e:  # noqa: BLE001 - every failure must end the whole job
