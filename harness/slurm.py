@@ -71,7 +71,8 @@ def pending(runs, out: Path) -> list[int]:
     """Indices of the runs that have not finished in ``out``."""
     from harness.runinfo import run_status
 
-    return [i for i, cfg in enumerate(runs) if run_status(out / cfg.run_id) != "finished"]
+    # a diverged run has its complete table: running it again would diverge again
+    return [i for i, cfg in enumerate(runs) if run_status(out / cfg.run_id) not in ("finished", "diverged")]
 
 
 def compress(ix: list[int]) -> str:
