@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RANK_VARS = ("RANK", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
-DEFAULT_TIMEOUT_S = 900.0
+DEFAULT_TIMEOUT_S = 300.0
 
 
 def env_rank() -> int:
@@ -35,8 +35,8 @@ def env_rank() -> int:
 
 
 def op_timeout_s() -> float:
-    """Seconds one communication op may block before the run is aborted as hung
-    (``HARNESS_TIMEOUT_S``, default 900; 0 disables the watchdog)."""
+    """Seconds one communication op may block, or a rank may send no heartbeat, before the
+    run is aborted as hung (``HARNESS_TIMEOUT_S``, default 300; 0 disables both checks)."""
     try:
         return float(os.environ.get("HARNESS_TIMEOUT_S", DEFAULT_TIMEOUT_S))
     except ValueError:

@@ -14,10 +14,12 @@ complete them only when the target next enters MPI (MPICH: ``MPICH_ASYNC_PROGRES
 from __future__ import annotations
 
 import sys
+import uuid
 
 import numpy as np
 import torch
 
+from harness.backends.supervisor import supervise
 from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
 
@@ -35,10 +37,12 @@ class MPITransport(Transport):
     name = "mpi"
 
     def __init__(self):
+        supervise()  # before MPI starts: the launcher's process stays behind to report signals
         MPI = self.MPI = _import_mpi()
         w = MPI.COMM_WORLD
         self.rank, self.size = w.Get_rank(), w.Get_size()
         self.world, self.gossip_comm, self.hdr, self.data = (w.Dup() for _ in range(4))
+        self.job = self.world.bcast(uuid.uuid4().hex[:12] if self.rank == 0 else None, root=0)  # heartbeat dir
         self.workers = self.win = None
         self.pending: list = []  # (request, keep-alive buffers) of sends not known to be complete
 

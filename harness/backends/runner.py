@@ -63,7 +63,8 @@ def _now() -> str:
 def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bool = False) -> tuple[Path, bool]:
     """Every rank calls this; rank 0 writes ``run.json`` and ``metrics.parquet``."""
     from harness.backends import PARAMS_FILE
-    from harness.backends.launch import save_params as write_params
+    from harness.backends.heartbeat import Heartbeat
+    from harness.backends.launch import op_timeout_s, save_params as write_params
     from harness.config import ConfigError
     from harness.runinfo import run_status, versions
     from results.store import METRICS, RUN_JSON, write_json, write_table
@@ -111,11 +112,15 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     def fail(cause: str, tb: str = ""):
         drv = state["driver"]
         where = f" ({drv.where})" if drv is not None else ""
-        msg = f"rank {tr.rank}{where} failed: {cause}"
+        blamed = hb.blame(cause)  # a peer that died, froze or stopped making progress (heartbeats)
+        msg = blamed or f"rank {tr.rank}{where} failed: {cause}"
         # The first failure is the cause; ranks that fail because a peer died (connection
         # closed, ...) must not overwrite it. The failing rank writes before it exits, so
         # its peers notice only afterwards.
-        first = run_status(run_dir) != "failed"
+        first = hb.claim(msg) and run_status(run_dir) != "failed"
+        if blamed and not first:  # the first reporter said it all: one line per job
+            tr.abort(msg)
+            os._exit(1)
         if tb and first:
             sys.stderr.write(tb)
         note = "" if first else "; another rank failed first, its cause is in run.json"
@@ -131,6 +136,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         tr.abort(msg)
         os._exit(1)  # abort() does not return; this is a last resort
 
+    hb = Heartbeat(run_dir, tr, record, lambda: state["driver"], fail, op_timeout_s())
     try:
         drv = state["driver"] = RankDriver(cfg, tr, on_timeout=lambda why: fail(why))
         final = drv.run()
@@ -158,6 +164,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
             write_json(record, run_dir / RUN_JSON)
             claim.release()
         tr.barrier()
+        hb.close()
         tr.close()
     except BaseException as e:  # noqa: BLE001 - every failure must end the whole job
         fail(f"{type(e).__name__}: {e}", traceback.format_exc())

@@ -25,11 +25,13 @@ import datetime
 import os
 import sys
 import time
+import uuid
 
 import numpy as np
 import torch
 
 from harness.backends.launch import DEFAULT_TIMEOUT_S, op_timeout_s, torch_env
+from harness.backends.supervisor import supervise
 from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
 _STATE: dict = {}  # one process group per process, kept across runs
@@ -44,7 +46,11 @@ def _init():
     if not dist.is_available():
         raise ValueError("backend: this torch build has no torch.distributed; use --backend mpi")
     env = torch_env()
-    timeout = datetime.timedelta(seconds=op_timeout_s() or DEFAULT_TIMEOUT_S)
+    supervise()  # before the process group starts: the launcher's process stays behind to report signals
+    # longer than the watchdog's limit, so that the watchdog (which names the op and blames
+    # the peer through the heartbeats) speaks first; gloo's own timeout is the backstop
+    op = op_timeout_s()
+    timeout = datetime.timedelta(seconds=op + 30 if op > 0 else 2 * DEFAULT_TIMEOUT_S)
     cuda = torch.cuda.is_available() and os.environ.get("HARNESS_TORCH_BACKEND", "") != "gloo"
     if cuda:
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
@@ -78,6 +84,7 @@ class TorchTransport(Transport):
         st = _init()
         self.dist, self.ctrl, self.device = st["dist"], st["ctrl"], st["device"]
         self.rank, self.size = self.dist.get_rank(), self.dist.get_world_size()
+        self.job = self.bcast_obj(uuid.uuid4().hex[:12] if self.rank == 0 else None)  # heartbeat dir
         self.workers, self.worker_ranks = None, list(range(self.size))
         self.works: list = []  # (work, keep-alive tensors) of pending sends
         self.queue: list = []  # received messages no Recv has asked for yet
@@ -195,6 +202,9 @@ class TorchTransport(Transport):
         self.queue = []
 
     def abort(self, msg):
+        from harness.backends.liveness import end_culprit
+
         sys.stderr.flush()
         sys.stdout.flush()
+        end_culprit()  # a stopped peer would keep torchrun waiting 30 s, and be missed as the root cause
         os._exit(1)  # torchrun (or srun --kill-on-bad-exit) stops the other ranks

@@ -47,6 +47,7 @@ class Transport:
     name = "?"
     rank = 0
     size = 1
+    job = ""  # an id every rank of this launch agrees on (names the heartbeat directory)
     device = torch.device("cpu")
 
     def setup(self, workers: list[int]) -> None: ...
@@ -105,20 +106,29 @@ class Clock:
 
 class Watchdog:
     """Aborts the job when one communication op blocks longer than ``timeout`` seconds,
-    so that a lost peer or mismatched collectives end the run instead of hanging it."""
+    so that a lost peer or mismatched collectives end the run instead of hanging it.
+
+    It also keeps what :mod:`harness.backends.heartbeat` publishes to the other ranks:
+    the op this rank is blocked in (``current``), when it last made progress (entered or
+    left an op: ``last``, monotonic) and how many ops it has started (``ops``)."""
 
     def __init__(self, timeout: float, on_timeout):
         self.timeout, self.on_timeout = timeout, on_timeout
         self.current: tuple[str, float] | None = None
+        self.last, self.ops, self.last_desc = time.monotonic(), 0, None
         self._stop = threading.Event()
         if timeout > 0:
             threading.Thread(target=self._loop, daemon=True, name="harness-watchdog").start()
 
     def busy(self, desc: str):
-        self.current = (desc, time.monotonic())
+        self.last = now = time.monotonic()
+        self.ops += 1
+        self.last_desc = desc
+        self.current = (desc, now)
 
     def idle(self):
         self.current = None
+        self.last = time.monotonic()
 
     def stop(self):
         self._stop.set()
@@ -127,7 +137,8 @@ class Watchdog:
         while not self._stop.wait(min(1.0, self.timeout / 4)):
             cur = self.current
             if cur and time.monotonic() - cur[1] > self.timeout:
-                self.on_timeout(f"no progress for {self.timeout:.0f} s in {cur[0]} (HARNESS_TIMEOUT_S)")
+                t = f"{self.timeout:g}"
+                self.on_timeout(f"no progress for {t} s in {cur[0]} (HARNESS_TIMEOUT_S={t})")
                 return
 
 
