@@ -8,7 +8,8 @@
     harness sweep CONFIG --jobs K
     harness slurm submit CONFIG [--partition P --time T | --backend mpi|torch --nodes N ...] [--dry-run]
 
-Every user mistake ends with one line ``harness: error: ...`` and exit status 2.
+Every user mistake ends with one line ``harness: error: ...`` and exit status 2 (argparse's
+usage errors included), before anything is run or written.
 """
 from __future__ import annotations
 
@@ -20,8 +21,27 @@ from pathlib import Path
 from harness.config import BACKENDS, ConfigError
 
 
+class _UsageError(ConfigError):
+    """A command-line mistake found by argparse (unknown option, bad choice, missing argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises one line instead of printing a usage block and exiting; the
+    subcommand parsers are built from this class too."""
+
+    def error(self, message):
+        message = message.replace("argument cmd: ", "command: ").replace(
+            "required: cmd", "required: command (run, report, topology, sweep or slurm)")
+        if message.startswith("argument "):  # "argument --backend: invalid choice ..." -> "--backend: ..."
+            message = message[len("argument "):]
+        arg_names = {"config": "CONFIG", "dir": "DIR"}
+        for name, shown in arg_names.items():
+            message = message.replace(f"required: {name}", f"required: {shown}")
+        raise _UsageError(f"{message}; see {self.prog} --help")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0])
+    p = _Parser(prog="harness", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run every experiment a config describes")
     r.add_argument("config", help="YAML experiment file, e.g. presets/demo.yaml")
@@ -56,14 +76,17 @@ def cmd_run(a) -> int:
     if a.only is not None:
         try:
             picked = [int(s) for s in a.only.split(",")]
+            if any(i < 0 for i in picked):
+                raise IndexError
             runs = [runs[i] for i in picked]
         except (ValueError, IndexError):
             raise ConfigError(f"--only {a.only}: expected indices in 0..{len(runs) - 1}, comma separated") from None
+    out = Path(a.out or Path("runs") / runs[0].name)
+    _check_out(out, "--out" if a.out else "name")  # --list checks it too: it validates the whole command
     if a.list:
         for i, cfg in enumerate(runs if _is_root() else []):
             print(f"{i:4d}  {cfg.run_id}")
         return 0
-    out = Path(a.out or Path("runs") / runs[0].name)
     root = _is_root()  # real backends: every rank runs this loop; only rank 0 prints
     t0 = time.perf_counter()
     diverged = []  # [issue 14] runs that diverged, now or before: the sweep goes on, exit status 1
@@ -92,6 +115,19 @@ def cmd_run(a) -> int:
                   f"(step and worker in their run.json)", file=sys.stderr)
             return 1
     return 0
+
+
+def _check_out(out: Path, field: str) -> None:
+    """The output directory can be (or already is) a directory: one line before any run."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{field}: {str(out)!r} is a file, not a directory; give --out a directory "
+                          "(new or one written by harness run)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{field}: {str(parent)!r} is a file, so {str(out)!r} cannot be a directory; "
+                                  "give --out another path")
+            break
 
 
 def _is_root() -> bool:
@@ -139,12 +175,21 @@ def cmd_report(a) -> int:
     import results
     from results.report import write_report
 
+    if not Path(a.dir).is_dir():
+        what = "is a file, not a directory" if Path(a.dir).exists() else "no such directory"
+        raise ConfigError(f"DIR: {str(a.dir)!r}: {what}; give a directory of runs "
+                          f"(harness run CONFIG --out {a.dir} writes one)")
     target = a.target
-    if target is None:
-        df = results.load(a.dir)
-        col = "cfg.target_acc"
-        target = float(df[col].dropna().iloc[0]) if col in df and df[col].notna().any() else 0.9
-    path = write_report(a.dir, target_acc=target)
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"--target: expected a test accuracy in (0, 1], got {target}")
+    try:
+        if target is None:
+            df = results.load(a.dir)
+            col = "cfg.target_acc"
+            target = float(df[col].dropna().iloc[0]) if col in df and df[col].notna().any() else 0.9
+        path = write_report(a.dir, target_acc=target)
+    except results.ResultsError as e:
+        raise ConfigError(f"DIR: {e}") from None
     print(f"report written to {path}")
     return 0
 
@@ -159,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         from harness.slurm import main as slurm_main
 
         return slurm_main(argv[1:], sweep_mode=argv[0] == "sweep")
-    a = _parser().parse_args(argv)
+    from results.errors import ResultsError
+
     try:
+        a = _parser().parse_args(argv)
         return {"run": cmd_run, "report": cmd_report}[a.cmd](a)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, ResultsError) as e:
         if _is_root():  # under a parallel launcher every rank fails alike; say it once
-            print(f"harness: error: {e}", file=sys.stderr)
+            print(f"harness: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted; unfinished runs are marked 'running' in their run.json", file=sys.stderr)

@@ -7,7 +7,10 @@ A file holds the fields of :class:`RunConfig` plus two optional expansion keys:
 
 ``--set key=value`` (values parsed as YAML) overrides every expanded run last;
 ``--set grid.key=[...]`` changes the grid instead. Every mistake is one line naming the
-field, e.g. ``algorithm.period: Input should be a valid integer (case 2)``.
+field, e.g. ``algorithm.period: Input should be a valid integer (case 2)``: wrong types,
+out-of-range or non-finite numbers, unknown keys at any level, broken YAML (in the file, in
+``--set``, duplicate keys), plugins that fail to import. Nothing is run or written before a
+config has passed all of it.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,13 +39,13 @@ class ConfigError(ValueError):
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = "run"
+    name: str = Field("run", description="the output folder is runs/<name> unless --out is given")
     algorithm: dict[str, Any]
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "digits"})
     topology: dict[str, Any] | None = None
     n_workers: int = Field(16, ge=1)
     steps: int = Field(200, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="non-negative: numpy's SeedSequence rejects negative seeds")
     backend: Literal[BACKENDS] = "simpy"
     eval_every: int = Field(25, ge=1)
     log_every: int = Field(1, ge=1)
@@ -58,6 +62,21 @@ class RunConfig(BaseModel):
     def _name_only(cls, v):
         return {"name": v} if isinstance(v, str) else v
 
+    @field_validator("algorithm", "task", "topology")
+    @classmethod
+    def _name_is_text(cls, v, info):
+        if v is not None and "name" in v and not isinstance(v["name"], str):
+            raise ValueError(f"{info.field_name}.name: expected a name (text), got {v['name']!r}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v):
+        if not v or v in (".", "..") or any(c in v for c in "/\\\0"):
+            raise ValueError(f"{v!r} is not a folder name (the output goes to runs/<name>); "
+                             "use letters, digits, '.', '-' or '_'")
+        return v
+
     @property
     def run_id(self) -> str:
         parts = [self.algorithm["name"], str(self.task.get("partition", self.task["name"]))]
@@ -70,26 +89,59 @@ class RunConfig(BaseModel):
         return "-".join([*parts, self.backend, f"s{self.seed}", digest])
 
 
+def _line(e: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line ``dotted.field: message`` (the first error)."""
+    err = e.errors()[0]
+    loc = ".".join([*([prefix] if prefix else []), *(str(x) for x in err["loc"])]) or "config"
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if err["type"] == "extra_forbidden":
+        msg += " (unknown field; check the spelling)"
+    if msg.startswith((f"{loc}.", f"{loc}:")):  # a model-level check that names its own field
+        return msg
+    return f"{loc}: {msg}"
+
+
+def _non_finite(v: Any, key: str) -> tuple[str, float] | None:
+    """``(dotted key, value)`` of the first NaN or infinite number inside ``v``, if any."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return key, v
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, (list, tuple)) else ()
+    for k, x in items:
+        found = _non_finite(x, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
+
+
 def resolve(raw: dict) -> RunConfig:
     """Validate one run's config and fill in every default (algorithm and task included)."""
+    bad = _non_finite(raw, "")
+    if bad:  # no field takes NaN or infinity (YAML .nan, .inf); before cross-field checks that would blame another
+        raise ConfigError(f"{bad[0]}: expected a finite number, got {bad[1]!r}")
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        hint = " (unknown field; check the spelling)" if err["type"] == "extra_forbidden" else ""
-        raise ConfigError(f"{loc}: {err['msg']}{hint}") from None
+        raise ConfigError(_line(e)) from None
     alg = dict(cfg.algorithm)
     name = alg.pop("name", None)
+    if name is None:
+        raise ConfigError("algorithm.name: missing; name the algorithm, e.g. algorithm: {name: sync_sgd}")
     try:
         cfg.algorithm = {"name": name, **algorithms.validate_params(name, alg)}
         algorithms.check(name, cfg.algorithm, cfg.n_workers)
+    except ValidationError as e:
+        raise ConfigError(_line(e, "algorithm")) from None
+    except ValueError as e:
+        raise ConfigError(str(e).replace(": Value error, ", ": ", 1)) from None
+    try:
         cfg.task = tasks.task_params(cfg.task).model_dump()
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"task.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+        raise ConfigError(_line(e, "task")) from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    bad = _non_finite(cfg.model_dump(), "")
+    if bad:  # again after validation: text such as 1e400 (YAML reads it as text) overflows to inf
+        raise ConfigError(f"{bad[0]}: expected a finite number, got {bad[1]!r}")
     try:
         check_backend(cfg)
         cfg.network.check_workers(cfg.n_workers + (1 if algorithms.get(name).has_server else 0))
@@ -107,6 +159,10 @@ def resolve(raw: dict) -> RunConfig:
             topologies.build(cfg.topology, cfg.n_workers, cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if "gossip" not in algorithms.requirements(name, cfg.algorithm):
+            raise ConfigError(f"topology: algorithm {name!r} does not gossip, so the run would ignore the graph "
+                              "(yet be labelled with it); remove topology: from this run (an algorithm that "
+                              "gossips declares register(..., requires={'gossip'}))")
     return cfg
 
 
@@ -127,6 +183,42 @@ def check_backend(cfg: RunConfig) -> None:
     if "crash" in features and cfg.backend != "simpy":
         raise ValueError("faults.policy: 'continue' (permanent crashes) needs backend: simpy")
     capabilities.check(cfg.backend, features, f"algorithm {name!r}")
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently: ``steps: 10`` then ``steps: 20`` would run 20 steps without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML itself says so below
+                    pass
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text (safe types only, duplicate keys refused); raises ``yaml.YAMLError``."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def _yaml_problem(e: Exception) -> str:
+    return str(getattr(e, "problem", None) or e).replace("\n", " ")
 
 
 def set_dotted(d: dict, key: str, value: Any) -> None:
@@ -150,25 +242,50 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _check_key(key: Any, where: str) -> str:
+    """A dotted config key (``task.batch_size``): text, no empty component."""
+    if not isinstance(key, str) or not key or not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"{where}{key!r}: expected a dotted field name such as task.batch_size")
+    return key
+
+
 def parse_sets(sets: list[str]) -> list[tuple[str, Any]]:
     out = []
     for s in sets or []:
         if "=" not in s:
             raise ConfigError(f"--set {s}: expected key=value, e.g. --set steps=100")
         k, v = s.split("=", 1)
-        out.append((k.strip(), yaml.safe_load(v)))
+        k = _check_key(k.strip(), "--set ")
+        if k in ("imports", "cases", "grid") or k.startswith(("imports.", "cases.")):
+            raise ConfigError(f"--set {k}: {k.split('.')[0]} cannot be set from the command line; edit the config "
+                              "file (a grid axis is --set grid.KEY=[v1, v2])")
+        try:
+            out.append((k, yaml_load(v)))
+        except _DuplicateKey as e:
+            raise ConfigError(f"--set {k}: the value {v!r} has a {e.problem}; keep one") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {k}: the value {v!r} is not valid YAML ({_yaml_problem(e)}); close brackets "
+                              "and quotes, e.g. --set 'steps=100' or --set 'grid.seed=[0, 1]'") from None
     return out
 
 
 def expand(raw: dict, sets: list[str] | None = None) -> list[RunConfig]:
     """All runs described by a config mapping (cases x grid), ``--set`` applied last."""
     raw = copy.deepcopy(raw)
-    cases = raw.pop("cases", None) or [{}]
-    grid = raw.pop("grid", None) or {}
-    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
-        raise ConfigError("cases: expected a list of mappings, e.g. cases: [{algorithm: sync_sgd}]")
+    cases = raw.pop("cases", None)
+    grid = raw.pop("grid", None)
+    cases = [{}] if cases is None else cases
+    grid = {} if grid is None else grid
+    if not isinstance(cases, list) or not cases or not all(isinstance(c, dict) for c in cases):
+        raise ConfigError("cases: expected a non-empty list of mappings, e.g. cases: [{algorithm: sync_sgd}]")
+    for ci, case in enumerate(cases):
+        for key in ("imports", "cases", "grid"):
+            if key in case:
+                raise ConfigError(f"cases: {key}: belongs at the top level of the config, not inside case {ci + 1}")
     if not isinstance(grid, dict):
         raise ConfigError("grid: expected a mapping of dotted keys to lists, e.g. grid: {seed: [0, 1]}")
+    for k in grid:
+        _check_key(k, "grid: ")
     overrides = []
     for k, v in parse_sets(sets):
         if k.startswith("grid."):
@@ -181,10 +298,10 @@ def expand(raw: dict, sets: list[str] | None = None) -> list[RunConfig]:
     runs = []
     for ci, case in enumerate(cases):
         for combo in itertools.product(*grid.values()) if grid else [()]:
-            d = deep_merge(raw, case)
-            for k, v in [*zip(grid, combo), *overrides]:
-                set_dotted(d, k, v)
             try:
+                d = deep_merge(raw, case)
+                for k, v in [*zip(grid, combo), *overrides]:
+                    set_dotted(d, k, v)
                 runs.append(resolve(d))
             except ConfigError as e:
                 raise ConfigError(f"{e} (case {ci + 1})" if len(cases) > 1 else str(e)) from None
@@ -193,35 +310,65 @@ def expand(raw: dict, sets: list[str] | None = None) -> list[RunConfig]:
 
 def load(path: str | Path, sets: list[str] | None = None) -> list[RunConfig]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"CONFIG: {str(path)!r} is a directory; give a YAML file, e.g. presets/demo.yaml")
     if not path.is_file():
         raise ConfigError(f"CONFIG: no such file {str(path)!r}; try presets/demo.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_load(path.read_text(encoding="utf-8"))
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: line {e.problem_mark.line + 1}: {e.problem}; keep one of them "
+                          "(YAML would silently use the last)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{path}:{where} is not valid YAML ({_yaml_problem(e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"CONFIG: cannot read {str(path)!r} as UTF-8 text ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of config fields at the top level")
-    for mod in raw.pop("imports", None) or []:
+    mods = raw.pop("imports", None)
+    if isinstance(mods, str):  # imports: plugin.py  ==  imports: [plugin.py]
+        mods = [mods]
+    if mods is not None and (not isinstance(mods, list) or not all(isinstance(m, str) and m for m in mods)):
+        raise ConfigError(f"imports: expected a list of module names or .py paths, e.g. imports: [my_algorithms.py]; "
+                          f"got {mods!r}")
+    for mod in mods or []:
         import_plugin(mod, path.parent)
     return expand(raw, sets)
 
 
 def import_plugin(name: str, base: Path) -> None:
     """Import a module (dotted name, or a .py path relative to the config) that registers
-    algorithms or tasks: ``imports: [my_algorithms.py]``."""
+    algorithms or tasks: ``imports: [my_algorithms.py]``. Any failure (missing, a syntax
+    error, an exception while it runs) is one ConfigError line naming the module."""
     import importlib
     import importlib.util
+    import traceback
 
+    hint = "give a module name or a .py path relative to the config"
+    spec = None
+    if name.endswith(".py"):
+        file = (base / name).resolve()
+        spec = importlib.util.spec_from_file_location(file.stem, file) if file.is_file() else None
+        if spec is None:
+            raise ConfigError(f"imports: cannot import {name!r} (no such file {str(file)!r}); {hint}")
     try:
-        if name.endswith(".py"):
-            file = (base / name).resolve()
-            spec = importlib.util.spec_from_file_location(file.stem, file)
-            if spec is None or not file.is_file():
-                raise FileNotFoundError(file)
+        if spec is not None:
             spec.loader.exec_module(importlib.util.module_from_spec(spec))
         else:
             importlib.import_module(name)
-    except (ImportError, FileNotFoundError) as e:
-        raise ConfigError(f"imports: cannot import {name!r} ({e}); give a module name or a .py path relative to the config") from None
+    except ModuleNotFoundError as e:
+        if not name.endswith(".py") and e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise ConfigError(f"imports: cannot import {name!r} ({e}); {hint}") from None
+        raise ConfigError(f"imports: {name!r} failed to import a module it needs ({e}); install it or fix the "
+                          "module") from None
+    except SyntaxError as e:
+        where = f"{Path(e.filename).name if e.filename else name} line {e.lineno}"
+        raise ConfigError(f"imports: {name!r} has a syntax error at {where} ({e.msg}); fix the module") from None
+    except (Exception, SystemExit) as e:
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" at {Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""
+        text = f": {' '.join(str(e).split())}" if str(e) else ""
+        raise ConfigError(f"imports: {name!r} raised {type(e).__name__}{text}{where} while being imported; "
+                          "fix the module") from None

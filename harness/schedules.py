@@ -37,45 +37,80 @@ import json
 import math
 from typing import Annotated, Callable
 
-from pydantic import AfterValidator
+from pydantic import BeforeValidator
 
 COMMON = {"lr": None, "warmup": 0, "total": None}
 EXTRA = {"constant": {}, "step": {"decay": 0.1, "milestones": [], "every": None},
          "cosine": {"final": 0.0}, "linear": {"final": 0.0}}
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _rate(v, what: str, msg: str = "{what} must be >= 0 and finite, got {v!r}") -> float | int:
+    """A learning rate (or a schedule's ``final``/``decay``): a finite number >= 0 (YAML
+    reads ``1e-3`` as text; numeric text is accepted)."""
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if not _number(v) or not math.isfinite(v) or v < 0:
+        raise ValueError(msg.format(what=what, v=v))
+    return v  # as given (an int stays an int: the canonical text, hence run ids, do not change)
+
+
+def _count(v, what: str, low: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        raise ValueError(f"{what} must be a whole number >= {low}, got {v!r}")
+    return v
+
+
 def canonical(v: float | str | dict) -> float | str:
     """Check an ``lr`` value: numbers pass; a spec (mapping or its JSON text) becomes
-    canonical JSON text. Raises ValueError naming the problem."""
+    canonical JSON text. Raises ValueError naming the problem (never TypeError): rates are
+    finite and >= 0, counts are whole numbers."""
     if isinstance(v, str):
         try:
             v = json.loads(v)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError(f"expected a number or a schedule spec such as {{name: cosine, lr: 0.1}}, got {v!r}") from None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        if v < 0:
-            raise ValueError(f"learning rate must be >= 0, got {v}")
-        return float(v)
+    if _number(v):
+        return float(_rate(v, "learning rate"))
     if not isinstance(v, dict):
-        raise ValueError(f"expected a number or a schedule spec mapping, got {type(v).__name__}")
+        raise ValueError(f"expected a number or a schedule spec mapping such as {{name: cosine, lr: 0.1}}, "
+                         f"got {type(v).__name__}")
     name = v.get("name")
-    if name not in EXTRA:
+    if not isinstance(name, str) or name not in EXTRA:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(EXTRA)}")
     known = {**COMMON, **EXTRA[name]}
-    unknown = sorted(set(v) - set(known) - {"name"})
+    unknown = sorted(str(k) for k in set(v) - set(known) - {"name"})
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} for schedule {name!r}; known: {sorted(known)}")
     out = {**known, **v}
-    if not isinstance(out["lr"], (int, float)) or out["lr"] < 0:
-        raise ValueError(f"schedule {name!r} needs a peak lr >= 0, got lr={out['lr']!r}")
-    if out["warmup"] < 0 or (out["total"] is not None and out["total"] <= out["warmup"]):
+    out["lr"] = _rate(out["lr"], name, "schedule {what!r} needs a peak lr >= 0 (a finite number), got lr={v!r}")
+    _count(out["warmup"], f"schedule {name!r}: warmup", 0)
+    if out["total"] is not None:
+        _count(out["total"], f"schedule {name!r}: total", 1)
+    if out["total"] is not None and out["total"] <= out["warmup"]:
         raise ValueError(f"schedule {name!r}: need 0 <= warmup < total, got warmup={out['warmup']}, total={out['total']}")
-    if name == "step" and out["every"] is not None and out["every"] < 1:
-        raise ValueError(f"schedule 'step': every must be >= 1, got {out['every']}")
+    if "final" in out:
+        out["final"] = _rate(out["final"], f"schedule {name!r}: final")
+    if name == "step":
+        out["decay"] = _rate(out["decay"], "schedule 'step': decay")
+        if not isinstance(out["milestones"], list):
+            raise ValueError(f"schedule 'step': milestones must be a list of steps, got {out['milestones']!r}")
+        for m in out["milestones"]:
+            _count(m, "schedule 'step': every milestone", 0)
+        if out["every"] is not None:
+            _count(out["every"], "schedule 'step': every", 1)
     return json.dumps(out, sort_keys=True)
 
 
-LR = Annotated[float | str | dict, AfterValidator(canonical)]
+# Before (not after) validation: canonical sees the value as written and names what is wrong
+# in one message, instead of one error per member of the union.
+LR = Annotated[float | str | dict, BeforeValidator(canonical)]
 """Annotation for a learning-rate hyper-parameter: a number or a schedule spec."""
 
 

@@ -105,17 +105,18 @@ class Optimizer(BaseModel):
     """Hyper-parameters of one optimizer. ``name`` picks the rule: ``sgd`` uses ``momentum``,
     ``nesterov`` and (coupled) ``weight_decay``; ``adamw`` uses ``beta1``, ``beta2``, ``eps`` and
     (decoupled) ``weight_decay``. ``lr`` is a number or a schedule spec (:data:`harness.schedules.LR`).
+    Every number is finite; rates and coefficients are >= 0.
     Frozen and hashable; the defaults are PyTorch's."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: Literal["sgd", "adamw"] = "sgd"
     lr: LR = 0.1
-    momentum: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     nesterov: bool = False
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    eps: Annotated[float, Field(ge=0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    beta1: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.999
+    eps: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-8
 
     def transform(self, lr: float = 1.0) -> Transform:
         """The update rule with a constant learning rate ``lr``."""

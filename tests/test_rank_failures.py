@@ -66,6 +66,25 @@ def _session(sid: int) -> list[int]:
     return pids
 
 
+def _shm() -> set[Path]:
+    return set(Path("/dev/shm").glob("mpich_shm_*"))
+
+
+def _remove_dead_shm(new: set[Path]) -> None:
+    """MPICH ranks killed by a signal leave their shared-memory segment behind; remove the
+    ones this launch made that no process holds any more (4 MB each, and a later job with
+    the same name, e.g. job 1 of a fresh SLURM test cluster, would attach to it and hang)."""
+    held = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            held.add(os.readlink(fd))
+        except OSError:
+            pass
+    for f in new:
+        if str(f) not in held:
+            f.unlink(missing_ok=True)
+
+
 def _launch(backend: str, tmp: Path, sig: int):
     """Run the plugin on 4 ranks; returns (finished process, seconds from the signal to the
     launcher's exit, run directory, processes of the job still alive 3 s after the exit)."""
@@ -81,6 +100,7 @@ def _launch(backend: str, tmp: Path, sig: int):
     cmd = [_mpiexec(), "-n", str(RANKS), sys.executable, *args] if backend == "mpi" else [*_torchrun(), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": str(TIMEOUT_S),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    shm = _shm()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -98,6 +118,7 @@ def _launch(backend: str, tmp: Path, sig: int):
                 pass
         proc.kill()
         proc.wait()
+        _remove_dead_shm(_shm() - shm)
     assert mark.exists(), f"worker 2 never reached step 3:\n{out}\n{err}"
     (run,) = load(config, [f"backend={backend}"])
     done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)

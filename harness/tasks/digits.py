@@ -9,7 +9,7 @@ over the leading worker dimension: a batched model trained by ordinary autograd)
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ class DigitsParams(TaskParams):
     name: Literal["digits"] = "digits"
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition: dirichlet)")
-    hidden: list[int] = [64, 64]
+    hidden: list[Annotated[int, Field(ge=1)]] = Field([64, 64], description="hidden layer widths")
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
 

@@ -1,0 +1,368 @@
+"""Fuzzing the command line with malformed input (issue 14): whatever is wrong, ``harness``
+answers exit status 2 and exactly one stderr line ``harness: error: ...`` that names the field
+(the dotted key or its first component; the file for broken YAML; the option for command-line
+mistakes), with no traceback and no run directory left behind.
+
+Hypothesis (derandomized, so CI sees the same cases every time) generates one mistake per
+example on top of a valid config (D-PSGD on a ring, with compute, network and faults blocks):
+wrong types and out-of-range or non-finite values for fields at every level, unknown keys at
+every level, the same through ``--set``, broken YAML (in the file and in ``--set``), broken
+``imports:`` plugins, bad ``cases:``/``grid:``, bad options and bad ``harness report`` calls.
+The CLI runs in-process (``harness.cli.main``), half of the examples with ``--list`` and half as
+real runs into ``--out``, which must not exist afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+import yaml  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from harness import algorithms, tasks  # noqa: E402
+from harness.cli import main  # noqa: E402
+from harness.config import BACKENDS, RunConfig  # noqa: E402
+from harness.cost import LinkSpec, NetworkSpec  # noqa: E402
+from harness.tasks.digits import DigitsParams  # noqa: E402
+from simulators.compute import COMPUTE_MODELS, ComputeSpec, MarkovSpec  # noqa: E402
+from simulators.faults import FaultSpec  # noqa: E402
+from topologies.catalog import DYNAMIC, STATIC  # noqa: E402
+
+BASE = {
+    "name": "fuzz", "algorithm": {"name": "dpsgd", "lr": 0.1}, "n_workers": 4, "steps": 2, "eval_every": 1,
+    "task": {"name": "digits", "hidden": [4], "batch_size": 8}, "topology": {"name": "ring"},
+    "compute": {"model": "lognormal", "mean_s": 0.01, "markov": {"p_slow": 0.1}},
+    "network": {"latency_s": 1e-4, "intra": {"latency_s": 1e-6}}, "faults": {"policy": "wait"},
+}
+# CI: the same cases every run (derandomized). Deeper local fuzzing with fresh cases:
+# HARNESS_FUZZ_SCALE=20 HARNESS_FUZZ_RANDOM=1 pytest tests/test_fuzz_inputs.py
+SCALE = int(os.environ.get("HARNESS_FUZZ_SCALE", "1"))
+SETTINGS = settings(derandomize=not os.environ.get("HARNESS_FUZZ_RANDOM"), deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@dataclass
+class Case:
+    """One malformed input: files to write, the arguments after ``harness``, and the words one
+    of which the error line must contain (the field)."""
+    what: str
+    config: dict | str | None = None  # a mapping is dumped as YAML; a str is written as is
+    args: list = field(default_factory=list)  # "{cfg}" and "{dir}" are replaced
+    expect: tuple = ()
+    files: dict = field(default_factory=dict)
+    command: str = "run"
+
+
+# -- values that are wrong for a field of a given kind ------------------------------------------------------
+def _numberish(s: str) -> bool:
+    try:
+        float(s.strip().replace("_", ""))
+        return True
+    except ValueError:
+        return False
+
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=8).filter(lambda s: not _numberish(s))
+JUNK = st.one_of(TEXT, st.lists(st.integers(-3, 3), min_size=0, max_size=3),
+                 st.dictionaries(st.from_regex(r"[a-z]{1,4}", fullmatch=True), st.integers(0, 3), max_size=2))
+NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+FRACTIONAL = st.floats(-1e6, 1e6).filter(lambda x: x != int(x))
+NEGATIVE = st.one_of(st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False), st.integers(max_value=-1))
+
+
+def bad(kind: str, allowed=()):
+    """A strategy of values that are invalid for a field of ``kind``."""
+    if kind == "posint":  # int >= 1
+        return st.one_of(st.integers(max_value=0), FRACTIONAL, NON_FINITE, JUNK)
+    if kind == "seed":  # 0 <= int < 2**63
+        return st.one_of(st.integers(max_value=-1), st.integers(2**63, 2**70), FRACTIONAL, NON_FINITE, JUNK)
+    if kind == "nonneg":  # finite float >= 0
+        return st.one_of(NEGATIVE, NON_FINITE, JUNK)
+    if kind == "pos":  # finite float > 0
+        return st.one_of(NEGATIVE, st.just(0.0), NON_FINITE, JUNK)
+    if kind == "unit":  # (0, 1]
+        return st.one_of(bad("pos"), st.floats(1.0001, 1e6))
+    if kind == "below1":  # [0, 1)
+        return st.one_of(bad("nonneg"), st.floats(1.0, 1e6))
+    if kind == "closed01":  # [0, 1]
+        return st.one_of(bad("nonneg"), st.floats(1.0001, 1e6))
+    if kind == "open01":  # (0, 1)
+        return st.one_of(bad("pos"), st.floats(1.0, 1e6))
+    if kind == "ge1":  # finite float >= 1
+        return st.one_of(st.floats(-1e6, 0.999), NON_FINITE, JUNK)
+    if kind == "enum":  # one of ``allowed`` (a callable: registries grow as tests register plugins)
+        return st.one_of(TEXT.filter(lambda s: s not in allowed()), st.integers(), st.lists(st.integers(), max_size=2))
+    if kind == "poslist":  # list of ints >= 1
+        return st.one_of(st.lists(st.integers(max_value=0), min_size=1, max_size=3).map(lambda v: [4, *v]),
+                         st.lists(TEXT, min_size=1, max_size=2), TEXT, st.integers())
+    if kind == "section":  # a mapping (or a name)
+        return st.one_of(st.integers(), st.floats(allow_nan=False), st.lists(st.integers(), max_size=2), st.booleans())
+    if kind == "folder":  # the run name: a folder name
+        return st.one_of(st.integers(), st.lists(st.integers(), max_size=2),
+                         st.sampled_from(["", ".", "..", "a/b", "/abs", "x\\y", "nul\0"]))
+    raise ValueError(kind)
+
+
+FIELDS = [  # (dotted key, kind, allowed values for enums)
+    ("steps", "posint"), ("n_workers", "posint"), ("eval_every", "posint"), ("log_every", "posint"),
+    ("threads", "posint"), ("seed", "seed"), ("target_acc", "unit"), ("name", "folder"),
+    ("backend", "enum", lambda: BACKENDS), ("on_divergence", "enum", lambda: ("stop", "continue")),
+    ("algorithm", "section"), ("algorithm.name", "enum", lambda: algorithms.ALGORITHMS),
+    ("algorithm.lr", "nonneg"), ("algorithm.momentum", "nonneg"), ("algorithm.weight_decay", "nonneg"),
+    ("algorithm.beta1", "below1"), ("algorithm.eps", "nonneg"), ("algorithm.inner", "enum", lambda: ("sgd", "adamw")),
+    ("task", "section"), ("task.name", "enum", lambda: tasks.TASKS), ("task.batch_size", "posint"),
+    ("task.dtype", "enum", lambda: ("float32", "float64", "float16", "bfloat16")),
+    ("task.partition", "enum", lambda: ("iid", "dirichlet")), ("task.alpha", "pos"), ("task.hidden", "poslist"),
+    ("task.test_fraction", "open01"), ("task.parts", "posint"),
+    ("topology", "section"), ("topology.name", "enum", lambda: {*STATIC, *DYNAMIC}),
+    ("compute", "section"), ("compute.model", "enum", lambda: COMPUTE_MODELS), ("compute.mean_s", "pos"),
+    ("compute.sigma", "nonneg"), ("compute.straggler_fraction", "closed01"), ("compute.straggler_factor", "ge1"),
+    ("compute.markov.p_slow", "closed01"), ("compute.markov.factor", "ge1"),
+    ("network", "section"), ("network.latency_s", "nonneg"), ("network.bandwidth_Bps", "pos"),
+    ("network.allreduce", "enum", lambda: ("ring", "tree", "hierarchical")), ("network.drop_prob", "below1"),
+    ("network.workers_per_node", "posint"), ("network.intra.bandwidth_Bps", "pos"),
+    ("faults", "section"), ("faults.policy", "enum", lambda: ("wait", "continue")),
+    ("faults.crash_rate_per_s", "nonneg"), ("faults.recover_after_s", "pos"),
+]
+KNOWN = {  # level -> keys that exist there (an unknown key is anything else)
+    "": set(RunConfig.model_fields) | {"cases", "grid", "imports"},
+    "algorithm": set(algorithms.hyperparameters("dpsgd")) | {"name"},
+    "task": set(DigitsParams.model_fields),
+    "topology": {"name", "weights"},
+    "compute": set(ComputeSpec.model_fields), "compute.markov": set(MarkovSpec.model_fields),
+    "network": set(NetworkSpec.model_fields), "network.intra": set(LinkSpec.model_fields),
+    "faults": set(FaultSpec.model_fields),
+}
+IDENT = st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True)
+BROKEN_YAML = ["[", "{", "[1,", "{a: 1", "'x", '"x', "a: b: c", "@x", "`x", "*nowhere", "!!python/object:os.system x",
+               "{a: 1, a: 2}", "]", "}"]
+
+
+def set_dotted(d: dict, key: str, value) -> dict:
+    d = copy.deepcopy(d)
+    *path, last = key.split(".")
+    node = d
+    for k in path:
+        node = node[k]
+    node[last] = value
+    return d
+
+
+def flow(v) -> str:
+    """A value as one YAML flow text, for ``--set key=TEXT``."""
+    text = yaml.safe_dump(v, default_flow_style=True, width=10**9, allow_unicode=True).rstrip("\n")
+    return text.removesuffix("\n...").strip()
+
+
+@st.composite
+def field_value(draw):
+    spec = draw(st.sampled_from(FIELDS))
+    key, kind = spec[0], spec[1]
+    value = draw(bad(kind, *spec[2:]))
+    expect = (key, key.split(".")[0])
+    if draw(st.booleans()):
+        return Case(f"{key}={value!r} in the file", config=set_dotted(BASE, key, value), expect=expect)
+    return Case(f"--set {key}={value!r}", config=BASE, args=["--set", f"{key}={flow(value)}"], expect=expect)
+
+
+@st.composite
+def unknown_key(draw):
+    level = draw(st.sampled_from(sorted(KNOWN)))
+    key = draw(IDENT.filter(lambda k: k not in KNOWN[level]))
+    dotted = f"{level}.{key}" if level else key
+    expect = (dotted, dotted.split(".")[0])
+    if draw(st.booleans()):
+        return Case(f"unknown {dotted} in the file", config=set_dotted(BASE, dotted, 1), expect=expect)
+    return Case(f"unknown --set {dotted}", config=BASE, args=["--set", f"{dotted}=1"], expect=expect)
+
+
+@st.composite
+def broken_yaml(draw):
+    text = yaml.safe_dump(BASE, default_flow_style=False, sort_keys=False)
+    lines = text.splitlines()
+    at = draw(st.integers(0, len(lines)))
+    kind = draw(st.sampled_from(["fragment", "tab", "duplicate", "not a mapping"]))
+    if kind == "fragment":
+        new = f"{draw(IDENT)}: {draw(st.sampled_from(BROKEN_YAML))}"
+    elif kind == "tab":
+        new = f"\t{draw(IDENT)}: 1"
+    elif kind == "duplicate":
+        new = f"{draw(st.sampled_from([k for k in BASE if not isinstance(BASE[k], dict)]))}: 3"
+    else:
+        return Case("a YAML list", config="- a\n- b\n", expect=("c.yaml",))
+    return Case(f"broken YAML: {new!r} at line {at + 1}", config="\n".join([*lines[:at], new, *lines[at:]]) + "\n",
+                expect=("c.yaml",))
+
+
+@st.composite
+def broken_set(draw):
+    key = draw(st.sampled_from([f[0] for f in FIELDS]))
+    kind = draw(st.sampled_from(["yaml", "no =", "empty key", "unsettable"]))
+    if kind == "yaml":
+        return Case(f"--set {key}=<broken>", config=BASE, expect=(f"--set {key}",),
+                    args=["--set", f"{key}={draw(st.sampled_from(BROKEN_YAML))}"])
+    if kind == "no =":
+        return Case("--set without =", config=BASE, args=["--set", draw(IDENT)], expect=("--set",))
+    if kind == "empty key":
+        return Case("--set with an empty key part", config=BASE, expect=("--set",),
+                    args=["--set", draw(st.sampled_from(["=1", ".steps=1", "task..hidden=1", "task.=1", " =1"]))])
+    return Case("--set of an unsettable key", config=BASE, expect=("--set",),
+                args=["--set", f"{draw(st.sampled_from(['imports', 'cases', 'grid']))}=[1]"])
+
+
+@st.composite
+def broken_import(draw):
+    body = draw(st.sampled_from([
+        "def f(:\n", "x = (\n", "if True:\nx = 1\n", "1/0\n", "raise ValueError('no')\n", "raise KeyError('k')\n",
+        "import no_such_module_for_fuzzing\n", "import sys\nsys.exit(3)\n", "raise SystemExit('bye')\n",
+        "assert False, 'plugin assertion'\n", "open('/no/such/file/at/all')\n",
+    ]))
+    imports = draw(st.sampled_from([["plugin.py"], "plugin.py", ["missing.py"], ["no_such_mod_xyz"], [1], {"a": 1},
+                                    [["plugin.py"]], 7]))
+    expect = ("imports",)
+    return Case(f"imports {imports!r} of {body!r}", config={"imports": imports, **BASE}, files={"plugin.py": body},
+                expect=expect)
+
+
+@st.composite
+def bad_structure(draw):
+    kind = draw(st.sampled_from(["cases", "case item", "case key", "grid", "grid value", "grid key", "top"]))
+    if kind == "cases":
+        return Case("cases not a list", config={**BASE, "cases": draw(st.one_of(st.integers(), TEXT, st.just({"a": 1})))},
+                    expect=("cases",))
+    if kind == "case item":
+        return Case("a case that is not a mapping", config={**BASE, "cases": [{}, draw(st.one_of(st.integers(), TEXT))]},
+                    expect=("cases",))
+    if kind == "case key":
+        key = draw(IDENT.filter(lambda k: k not in KNOWN[""]))
+        return Case("unknown key in a case", config={**BASE, "cases": [{}, {key: 1}]}, expect=(key,))
+    if kind == "grid":
+        return Case("grid not a mapping", config={**BASE, "grid": draw(st.one_of(st.integers(), st.just([1])))},
+                    expect=("grid",))
+    if kind == "grid value":
+        key = draw(st.sampled_from(["seed", "steps", "task.partition"]))
+        return Case("grid axis not a list", config={**BASE, "grid": {key: draw(st.one_of(st.integers(), TEXT, st.just([])))}},
+                    expect=(f"grid.{key}",))
+    if kind == "grid key":
+        key = draw(IDENT.filter(lambda k: k not in KNOWN[""]))
+        return Case("grid over an unknown field", config={**BASE, "grid": {key: [1, 2]}}, expect=(key,))
+    return Case("topology for an algorithm that does not gossip", expect=("topology",),
+                config=set_dotted(BASE, "algorithm.name", draw(st.sampled_from(["sync_sgd", "local_sgd", "easgd"]))))
+
+
+OPTIONS = ("--backend", "--out", "--set", "--only", "--list", "--force", "--quiet", "--save-params", "--help")
+
+
+@st.composite
+def bad_option(draw):
+    kind = draw(st.sampled_from(["backend", "only", "flag", "missing value", "out file"]))
+    if kind == "backend":
+        return Case("--backend", config=BASE, expect=("--backend",),
+                    args=["--backend", draw(TEXT.filter(lambda s: s not in BACKENDS and not s.startswith("-")))])
+    if kind == "only":
+        only = draw(st.one_of(st.integers().filter(lambda i: i != 0).map(str), TEXT, st.just("0,1"), st.just("0,")))
+        try:
+            if all(int(p) == 0 for p in only.split(",")):
+                only = "5"  # a valid selection of the one run: make it out of range
+        except ValueError:
+            pass
+        return Case(f"--only {only!r}", config=BASE, args=["--only", only], expect=("--only",))
+    if kind == "flag":
+        flag = "--" + draw(IDENT.filter(lambda k: not any(o.startswith("--" + k) for o in OPTIONS)))
+        return Case(f"unknown {flag}", config=BASE, args=[flag], expect=(flag,))
+    if kind == "missing value":
+        opt = draw(st.sampled_from(["--backend", "--set", "--only", "--out"]))
+        return Case(f"{opt} without a value", config=BASE, args=[opt], expect=(opt,))
+    return Case("--out is a file", config=BASE, files={"afile": "x"}, args=["--out", "{dir}/afile"], expect=("--out",))
+
+
+@st.composite
+def bad_report(draw):
+    kind = draw(st.sampled_from(["missing", "file", "empty", "target"]))
+    if kind == "missing":
+        return Case("report on a missing dir", command="report", args=["{dir}/nope"], expect=("DIR",))
+    if kind == "file":
+        return Case("report on a file", command="report", files={"afile": "x"}, args=["{dir}/afile"], expect=("DIR",))
+    if kind == "empty":
+        return Case("report on an empty dir", command="report", files={"empty/.keep": ""}, args=["{dir}/empty"],
+                    expect=("DIR",))
+    target = draw(st.one_of(st.floats(1.0001, 1e9).map(str), st.floats(-1e9, 0).map(str), TEXT.filter(
+        lambda s: not s.startswith("-"))))
+    return Case("report --target", command="report", files={"empty/.keep": ""}, args=["{dir}/empty", "--target", target],
+                expect=("--target",))
+
+
+def run_case(case: Case, list_mode: bool) -> tuple[int, str, str, Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    try:
+        for name, text in case.files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
+        cfg = tmp / "c.yaml"
+        if case.config is not None:
+            cfg.write_text(case.config if isinstance(case.config, str) else
+                           yaml.safe_dump(case.config, sort_keys=False, allow_unicode=True))
+        args = [a.replace("{dir}", str(tmp)) for a in case.args]
+        if case.command == "run":
+            out = ["--out", str(tmp / "out")] if "--out" not in args else []
+            argv = ["run", str(cfg), *out, "--quiet", *(["--list"] if list_mode else []), *args]
+        else:
+            argv = ["report", *args]
+        err, std = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse must not exit on its own any more
+                rc = f"SystemExit({e.code})"
+        left = sorted(p.name for p in tmp.iterdir() if p.name not in {*case.files, "c.yaml", "__pycache__"}
+                      and p.name != "empty")
+        return rc, err.getvalue(), std.getvalue(), left
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check(case: Case, list_mode: bool, strict: bool = False) -> None:
+    rc, err, out, left = run_case(case, list_mode)
+    lines = err.splitlines()
+    assert rc == 2, (case.what, rc, err)
+    assert len(lines) == 1 and lines[0].startswith("harness: error: "), (case.what, err)
+    assert "Traceback" not in err and out == "", (case.what, err, out)
+    assert any(word in lines[0] for word in case.expect), (case.what, case.expect, lines[0])
+    if strict:  # the message starts with the full dotted key (or an item of it: task.hidden.1)
+        assert lines[0].startswith(tuple(f"harness: error: {case.expect[0]}{c}" for c in ": .")), (case.what, lines[0])
+    assert left == [], (case.what, left)  # no run directory (or anything else) written
+
+
+@settings(SETTINGS, max_examples=600 * SCALE)
+@given(case=field_value(), list_mode=st.booleans())
+def test_wrong_values_name_their_field(case, list_mode):
+    check(case, list_mode, strict=True)
+
+
+@settings(SETTINGS, max_examples=300 * SCALE)
+@given(case=unknown_key(), list_mode=st.booleans())
+def test_unknown_keys_at_every_level_are_named(case, list_mode):
+    check(case, list_mode, strict=True)
+
+
+@settings(SETTINGS, max_examples=300 * SCALE)
+@given(case=st.one_of(broken_yaml(), broken_set(), broken_import()), list_mode=st.booleans())
+def test_broken_yaml_and_imports(case, list_mode):
+    check(case, list_mode)
+
+
+@settings(SETTINGS, max_examples=300 * SCALE)
+@given(case=st.one_of(bad_structure(), bad_option(), bad_report()), list_mode=st.booleans())
+def test_bad_cases_grid_options_and_report(case, list_mode):
+    check(case, list_mode)
