@@ -154,23 +154,24 @@ def _mpiexec() -> str:
     return exe
 
 
-def _torchrun():
+def _torchrun(ranks: int = RANKS):
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
         _unavailable("torch.distributed with gloo is not available in this torch build")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(RANKS)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
 
 
-def launch(backend: str, config: Path, out: Path, *extra: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    """``harness run CONFIG --backend B`` on 4 processes; returns the finished process."""
+def launch(backend: str, config: Path, out: Path, *extra: str, timeout: float = 150, ranks: int = RANKS,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    """``harness run CONFIG --backend B`` on ``ranks`` processes (4); returns the finished process."""
     args = ["-m", "harness.cli", "run", str(config), "--backend", backend, "--out", str(out), "--quiet", *extra]
     if backend == "mpi":
-        cmd = [_mpiexec(), "-n", str(RANKS), sys.executable, *args]
+        cmd = [_mpiexec(), "-n", str(ranks), sys.executable, *args]
     else:
-        cmd = [*_torchrun(), *args]
+        cmd = [*_torchrun(ranks), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

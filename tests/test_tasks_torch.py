@@ -329,3 +329,42 @@ def test_stacked_backend_on_gpu_equals_cpu(data):
         (_, xc), (df, xg) = (simulate(run_cfg({**spec, "device": d}, "stacked", alg)) for d in ("cpu", "cuda"))
         assert xg.is_cuda and (xg.cpu() - xc).abs().max().item() < 1e-8
         assert df[df.worker == -1].test_loss.notna().all()
+
+
+def _gpu_launch(data, tmp_path, ranks, env, device="cuda"):
+    """A small ResNet (Local SGD) and GPT (DiLoCo) on ``task.device=cuda`` under torchrun."""
+    from results.store import read_run
+    from tests.test_real_backends import launch
+
+    root, text = data
+    cases = [run_cfg({**small_resnet(root), "device": device}, "simpy", "local_sgd", n_workers=ranks),
+             run_cfg({**small_gpt(text), "device": device}, "simpy", "diloco", n_workers=ranks)]
+    config = tmp_path / "gpu.yaml"
+    dumps = [c.model_dump(mode="json") for c in cases]
+    for d in dumps:
+        d.pop("backend")
+    config.write_text(yaml.safe_dump({"cases": dumps}))
+    proc = launch("torch", config, tmp_path / "runs", "--save-params", timeout=300, ranks=ranks, env=env)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    for cfg in load(config, ["backend=torch"]):
+        _, record = read_run(tmp_path / "runs" / cfg.run_id)
+        workers = torch.load(tmp_path / "runs" / cfg.run_id / "final_params.pt")["workers"]
+        cpu = cfg.model_copy(update={"backend": "simpy", "task": {**cfg.task, "device": "cpu"}})
+        _, sfinal = simulate(cpu)
+        assert record["status"] == "finished", record
+        assert (workers.cpu() - sfinal).abs().max().item() < 1e-8, cfg.task["name"]
+        yield record
+
+
+@pytest.mark.gpu
+def test_torch_distributed_nccl_on_one_rank(data, tmp_path):
+    _need_gpu()
+    for record in _gpu_launch(data, tmp_path, 1, {}):
+        assert "nccl" in record["transport"], record["transport"]
+
+
+@pytest.mark.gpu
+def test_gloo_with_cuda_tensors_on_two_ranks(data, tmp_path):
+    _need_gpu()
+    for record in _gpu_launch(data, tmp_path, 2, {"HARNESS_TORCH_BACKEND": "gloo"}):
+        assert "gloo (data)" in record["transport"], record["transport"]
