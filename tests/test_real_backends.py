@@ -164,15 +164,16 @@ def _torchrun(ranks: int = RANKS):
 
 def launch(backend: str, config: Path, out: Path, *extra: str, timeout: float = 150, ranks: int = RANKS,
            env: dict | None = None) -> subprocess.CompletedProcess:
-    """``harness run CONFIG --backend B`` on ``ranks`` processes (4); returns the finished process."""
+    """``harness run CONFIG --backend B`` on ``ranks`` processes (4), ``env`` added to the
+    environment; returns the finished process."""
     args = ["-m", "harness.cli", "run", str(config), "--backend", backend, "--out", str(out), "--quiet", *extra]
     if backend == "mpi":
         cmd = [_mpiexec(), "-n", str(ranks), sys.executable, *args]
     else:
         cmd = [*_torchrun(ranks), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
+                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def _plugin(directory: Path) -> None:

@@ -275,26 +275,34 @@ def small_gpt(path, **kw):
             "context": 16, "batch_size": 4, "eval_test": 16, "eval_train": 16, **kw}
 
 
-@pytest.mark.mpi
-@pytest.mark.parametrize("backend", ["mpi", "torch"])
-def test_resnet_and_gpt_on_real_backends_equal_simpy(backend, data, tmp_path):
+def launch_vs_simpy(cases, backend, tmp_path, ranks=4, env=None):
+    """Launch ``cases`` on a real backend; per case (cfg, table, run.json, final workers) and the
+    SimPy replay's (table, final workers), the replay on the CPU."""
     from results.store import read_run
     from tests.test_real_backends import launch
 
-    root, text = data
-    cases = [run_cfg(small_resnet(root), "simpy", "local_sgd"), run_cfg(small_gpt(text), "simpy", "diloco")]
     config = tmp_path / "real.yaml"
     dumps = [c.model_dump(mode="json") for c in cases]
     for d in dumps:
         d.pop("backend")
     config.write_text(yaml.safe_dump({"cases": dumps}))
-    proc = launch(backend, config, tmp_path / "runs", "--save-params", timeout=240)
+    proc = launch(backend, config, tmp_path / "runs", "--save-params", timeout=300, ranks=ranks, env=env)
     assert proc.returncode == 0, f"{backend} launch failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
     for cfg in load(config, [f"backend={backend}"]):
         df, record = read_run(tmp_path / "runs" / cfg.run_id)
-        workers = torch.load(tmp_path / "runs" / cfg.run_id / "final_params.pt")["workers"]
-        sdf, sfinal = simulate(cfg.model_copy(update={"backend": "simpy"}))
-        assert record["status"] == "finished" and (workers - sfinal).abs().max().item() < 1e-8, cfg.task["name"]
+        workers = torch.load(tmp_path / "runs" / cfg.run_id / "final_params.pt")["workers"].cpu()
+        assert record["status"] == "finished", record
+        yield cfg, df, record, workers, *simulate(cfg.model_copy(
+            update={"backend": "simpy", "task": {**cfg.task, "device": "cpu"}}))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
+def test_resnet_and_gpt_on_real_backends_equal_simpy(backend, data, tmp_path):
+    root, text = data
+    cases = [run_cfg(small_resnet(root), "simpy", "local_sgd"), run_cfg(small_gpt(text), "simpy", "diloco")]
+    for cfg, df, record, workers, sdf, sfinal in launch_vs_simpy(cases, backend, tmp_path):
+        assert (workers - sfinal).abs().max().item() < 1e-8, cfg.task["name"]
         ea, eb = (d[d.worker == -1].sort_values("step") for d in (df, sdf))
         for col in ["test_loss", "test_acc"] + (["test_ppl"] if cfg.task["name"] == "text" else []):
             assert abs(ea[col].to_numpy() - eb[col].to_numpy()).max() < 1e-8, col
@@ -332,27 +340,12 @@ def test_stacked_backend_on_gpu_equals_cpu(data):
 
 
 def _gpu_launch(data, tmp_path, ranks, env, device="cuda"):
-    """A small ResNet (Local SGD) and GPT (DiLoCo) on ``task.device=cuda`` under torchrun."""
-    from results.store import read_run
-    from tests.test_real_backends import launch
-
+    """A small ResNet (Local SGD) and GPT (DiLoCo) on ``task.device`` under torchrun; their run.json."""
     root, text = data
     cases = [run_cfg({**small_resnet(root), "device": device}, "simpy", "local_sgd", n_workers=ranks),
              run_cfg({**small_gpt(text), "device": device}, "simpy", "diloco", n_workers=ranks)]
-    config = tmp_path / "gpu.yaml"
-    dumps = [c.model_dump(mode="json") for c in cases]
-    for d in dumps:
-        d.pop("backend")
-    config.write_text(yaml.safe_dump({"cases": dumps}))
-    proc = launch("torch", config, tmp_path / "runs", "--save-params", timeout=300, ranks=ranks, env=env)
-    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
-    for cfg in load(config, ["backend=torch"]):
-        _, record = read_run(tmp_path / "runs" / cfg.run_id)
-        workers = torch.load(tmp_path / "runs" / cfg.run_id / "final_params.pt")["workers"]
-        cpu = cfg.model_copy(update={"backend": "simpy", "task": {**cfg.task, "device": "cpu"}})
-        _, sfinal = simulate(cpu)
-        assert record["status"] == "finished", record
-        assert (workers.cpu() - sfinal).abs().max().item() < 1e-8, cfg.task["name"]
+    for cfg, _, record, workers, _, sfinal in launch_vs_simpy(cases, "torch", tmp_path, ranks, env):
+        assert (workers - sfinal).abs().max().item() < 1e-8, cfg.task["name"]
         yield record
 
 
