@@ -10,6 +10,16 @@ metrics, the consensus distance ``mean_i ||x_i - x_bar||^2``, the valley width
 ``mean_i ||x_i - x_bar||``, counters summed over
 workers and the latest worker clock.
 
+Spread at every step (issue [15]): evaluating the consensus distance only every ``eval_every``
+steps aliases against an algorithm's period (every 20 steps against ``period: 8`` draws a
+zig-zag that is not there), so the simulators also give every logged worker row its own
+squared distance to the workers' mean at that step, ``dist_to_mean = ||x_i - x_bar||^2``
+(the mean over a step's workers is the consensus distance). SimPy hands each worker's model
+to :meth:`Recorder.offer` at every step (kept until every live worker has reported that step),
+the stacked backend hands ``[n, d]`` to :meth:`Recorder.spread`; both compute it with the same
+tensor ops, so their tables stay equal. Real backends leave it NaN (it would need a gather
+per step).
+
 Divergence (``on_divergence``, issue [14]): a run whose loss or parameters stop being finite
 has no accuracy to report, so the recorder watches for it where it is cheap. The backends
 hand every ``Record``'s loss (a scalar per worker, ``[n]`` stacked) to :meth:`Recorder.check_loss`;
@@ -104,6 +114,8 @@ class Recorder:
         self.rows: list[dict] = []
         self.alive = set(range(n))
         self._pending: dict[int, dict[int, torch.Tensor]] = {}
+        self._last: dict[int, dict] = {}  # worker -> its latest row (dist_to_mean is filled in later)
+        self._spread: dict[int, dict[int, tuple[torch.Tensor, dict]]] = {}  # step -> worker -> (x, row)
 
     def is_eval(self, step: int) -> bool:
         return step == 0 or step == self.steps or step % self.eval_every == 0
@@ -119,9 +131,11 @@ class Recorder:
         for c in COUNTERS[1:]:
             row[c] = stats.__dict__[c][k].item()
         row["train_loss"] = float(loss) if loss is not None else np.nan
+        row["dist_to_mean"] = np.nan
         if metrics:
             row.update({k: float(v) for k, v in metrics.items()})
         self.rows.append(row)
+        self._last[i] = row
 
     def event(self, i: int, kind: str, time_s: float, stats: Stats, slot: int | None = None):
         """A fault row (``failed``/``recovered``) for worker ``i`` at ``time_s``."""
@@ -189,10 +203,36 @@ class Recorder:
         self.alive.discard(i)
         for step in sorted(self._pending):
             self._complete(step, stats)
+        for step in sorted(self._spread):
+            self._spread_done(step)
+
+    def spread(self, step: int, X: torch.Tensor):
+        """Stacked models ``[n, d]`` at ``step`` (workers ``0..n-1``, rows just written):
+        fill their ``dist_to_mean``."""
+        rows = [self._last.get(i) for i in range(len(X))]
+        if all(r is not None and r["step"] == step for r in rows):
+            self._write_spread(X, rows)
+
+    def _write_spread(self, X: torch.Tensor, rows: list[dict]):
+        sq = ((X - X.mean(0)) ** 2).sum(-1)
+        for r, v in zip(rows, sq.tolist()):
+            r["dist_to_mean"] = v
+
+    def _spread_done(self, step: int):
+        got = self._spread[step]
+        if not self.alive <= set(got):
+            return
+        del self._spread[step]
+        live = sorted(self.alive)
+        self._write_spread(torch.stack([got[j][0] for j in live]), [got[j][1] for j in live])
 
     def offer(self, i: int, step: int, rnd: int, x: torch.Tensor, stats: Stats, e: torch.Tensor | None = None):
         """Worker ``i`` reached ``step`` with model ``x`` (and model to evaluate ``e``);
-        evaluate once all have."""
+        evaluate once all have (and fill the step's ``dist_to_mean`` once all have)."""
+        row = self._last.get(i)
+        if row is not None and row["step"] == step and i in self.alive:
+            self._spread.setdefault(step, {})[i] = (x, row)
+            self._spread_done(step)
         if not self.is_eval(step):
             return
         # Snapshot the counters now: other workers may already be further on when the

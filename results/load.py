@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from results.errors import ResultsError, ResultsWarning
-from results.schema import COLUMNS, conform
+from results.schema import COLUMNS, OPTIONAL, conform
 from results.store import METRICS, RUN_JSON, read_json
 
 CFG_PREFIX = "cfg."
@@ -113,7 +113,7 @@ def _read_table(path: Path, run_id: object) -> tuple[pa.Table | None, str | None
     except Exception as e:  # ArrowInvalid / OSError / ...: not a readable parquet file
         return None, f"{path}: unreadable parquet ({type(e).__name__}: {e}); run skipped"
     names = set(table.column_names)
-    missing = [c for c in COLUMNS if c not in names]
+    missing = [c for c in COLUMNS if c not in names and c not in OPTIONAL]
     if missing:
         return None, f"{path}: schema mismatch, missing column(s) {missing}; run skipped"
     schema = pa.schema([pa.field(f.name, _TARGET.get(f.name, f.type)) for f in table.schema])

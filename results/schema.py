@@ -10,6 +10,12 @@ Counters (``compute_s``, ``comm_s``, ``idle_s``, ``bytes_sent``, ``bytes_recv``,
 ``messages``) are cumulative since the start of the run, so "the value at the
 last row" is the total and curves need no cumsum. Algorithm hyper-parameters are
 extra columns named ``hp.<name>``.
+
+``dist_to_mean`` (worker rows, simulators only) is the worker's squared distance to the mean
+of all workers' models at that step: the mean over a step's worker rows is the consensus
+distance *at every step*, where the consensus rows only have it at evaluation steps (which can
+alias against an algorithm's period). Tables written before it existed load with it NaN
+(:data:`OPTIONAL`).
 """
 from __future__ import annotations
 
@@ -42,12 +48,15 @@ COLUMNS: dict[str, str] = {
     "test_loss": "float64",
     "test_acc": "float64",
     "test_ppl": "float64",  # language-model tasks: exp(test_loss), per token
-    "consensus_dist": "float64",  # mean_i ||x_i - x_bar||^2
+    "consensus_dist": "float64",  # consensus rows: mean_i ||x_i - x_bar||^2 at an evaluation step
+    "dist_to_mean": "float64",  # worker rows (simulators): ||x_i - x_bar||^2 at this step; NaN elsewhere
     "valley_width": "float64",  # mean_i ||x_i - x_bar|| (DPPF's measure)
     "staleness": "float64",  # update rows: versions of the server model since the worker's pull
 }
 
 HP_PREFIX = "hp."
+#: columns added after tables were first written: a table without them loads (as NaN)
+OPTIONAL = frozenset({"dist_to_mean"})
 
 
 def empty() -> pd.DataFrame:

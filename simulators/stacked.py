@@ -222,5 +222,6 @@ class StackedBackend(Simulator):
             li = loss[i] if loss is not None else None
             rec.worker(i, op.step, op.round, self.stats, li, {k: v[i] for k, v in op.metrics.items()})
         rec.check_loss(self.all_ids, op.step, loss, self.stats, skip=self._sat_out)  # may raise Diverged: stop here
+        rec.spread(op.step, op.x)  # every logged step: each worker's ||x_i - x_bar||^2 (issue [15])
         if rec.is_eval(op.step):
             rec.consensus(op.step, op.round, op.x, self.stats.counters(), op.eval_x)
