@@ -3,13 +3,16 @@
     harness run CONFIG [--backend simpy|stacked|mpi|torch] [--out DIR] [--set key=value ...]
     mpiexec -n 4 harness run CONFIG --backend mpi          (real backends: docs/real-backends.md)
     torchrun --nproc-per-node 4 --no-python harness run CONFIG --backend torch
-    harness report DIR [--target 0.9]
+    harness report DIR [--target 0.9] [--out DIR/report]
+    harness list [algorithms|tasks|topologies|compute|codecs]     (names, descriptions, defaults)
+    harness --version
     harness topology NAME --n 16 [--out graph.png]
     harness sweep CONFIG --jobs K
     harness slurm submit CONFIG [--partition P --time T | --backend mpi|torch --nodes N ...] [--dry-run]
 
 Every user mistake ends with one line ``harness: error: ...`` and exit status 2 (argparse's
-usage errors included), before anything is run or written.
+usage errors included), before anything is run or written. ``--help`` of every command shows
+each option's default and examples (plain text: help strings carry no docstring markup).
 """
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ class _Parser(argparse.ArgumentParser):
     subcommand parsers are built from this class too."""
 
     def error(self, message):
-        message = message.replace("argument cmd: ", "command: ").replace(
-            "required: cmd", "required: command (run, report, topology, sweep or slurm)")
+        cmds = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+        message = message.replace("argument COMMAND: ", "command: ").replace(
+            "required: COMMAND", f"required: command ({', '.join(cmds)})")
         if message.startswith("argument "):  # "argument --backend: invalid choice ..." -> "--backend: ..."
             message = message[len("argument "):]
         arg_names = {"config": "CONFIG", "dir": "DIR"}
@@ -40,24 +44,77 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message}; see {self.prog} --help")
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples kept as written; an option's default appended to its help
+    unless the text already says it or the option is a flag."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    """The installed package's version (``importlib.metadata``), else ``harness.__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("harness")
+    except metadata.PackageNotFoundError:
+        import harness
+
+        return getattr(harness, "__version__", "unknown (not installed)")
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="harness", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run every experiment a config describes")
-    r.add_argument("config", help="YAML experiment file, e.g. presets/demo.yaml")
-    r.add_argument("--backend", choices=BACKENDS, help="override the config's backend")
-    r.add_argument("--out", help="output directory (default: runs/<config name>)")
+    from harness.catalog import KINDS
+
+    p = _Parser(prog="harness", formatter_class=_Help,
+                description="harness: run experiments, report on them, list what exists, inspect topologies.",
+                epilog=_examples("harness run presets/demo.yaml --out runs/demo", "harness report runs/demo",
+                                 "harness list algorithms", "harness COMMAND --help    (options, defaults, examples)"))
+    p.add_argument("--version", action="version", version=f"harness {_version()}",
+                   help="print the installed version and exit")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def command(name, what, *examples, **kw):
+        return sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".", formatter_class=_Help,
+                              epilog=_examples(*examples), **kw)
+
+    r = command("run", "run every experiment a config describes",
+                "harness run presets/demo.yaml --out runs/demo",
+                "harness run presets/demo.yaml --backend stacked --set steps=100 --set grid.seed=[0,1,2]",
+                "harness run presets/demo.yaml --set cases.2.algorithm.period=16 --list",
+                "mpiexec -n 4 harness run my.yaml --backend mpi    (docs/real-backends.md)")
+    r.add_argument("config", metavar="CONFIG", help="YAML experiment file, e.g. presets/demo.yaml")
+    r.add_argument("--backend", choices=BACKENDS, help="override the config's backend (default: the config's, "
+                   "else simpy)")
+    r.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config name>)")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (dotted key; value parsed as YAML); repeatable")
-    r.add_argument("--only", help="run only these expanded runs (0-based indices, comma separated)")
+                   help="override a config field in every run (dotted key; value parsed as YAML); repeatable; "
+                   "cases.N.KEY=VALUE sets it in case N only (1 = the first case), grid.KEY=[v1,v2] sets a "
+                   "grid axis (default: none)")
+    r.add_argument("--only", metavar="I,J,...", help="run only these expanded runs (0-based indices as --list numbers them, comma "
+                   "separated; default: all)")
     r.add_argument("--list", action="store_true", help="list the expanded runs and exit")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished in DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--save-params", action="store_true",
                    help="also write each run's final parameters to DIR/<run_id>/final_params.pt")
-    rep = sub.add_parser("report", help="summary table, plots and index.html for a directory of runs")
-    rep.add_argument("dir")
-    rep.add_argument("--target", type=float, default=None, help="target test accuracy (default: the runs' target_acc)")
+    rep = command("report", "summary table, plots and index.html for a directory of runs",
+                  "harness report runs/demo", "harness report runs/demo --target 0.85 --out /tmp/demo-report")
+    rep.add_argument("dir", metavar="DIR", help="a directory written by harness run (or sweep, slurm submit)")
+    rep.add_argument("--target", type=float, default=None, metavar="ACC", help="target test accuracy (default: the runs' target_acc)")
+    rep.add_argument("--out", metavar="DIR2", help="write the report into this directory (default: DIR/report)")
+    ls = command("list", "list algorithms, tasks, topologies, compute models and codecs with their parameters",
+                 "harness list", "harness list algorithms", "harness list topologies")
+    ls.add_argument("kind", nargs="?", choices=KINDS, metavar="KIND",
+                    help=f"one of {', '.join(KINDS)} (default: all of them)")
     t = sub.add_parser("topology", help="print a graph's degree, diameter and spectral gap; draw it", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
     sl = sub.add_parser("slurm", help="submit a config's runs to SLURM (job array, or srun for mpi/torch)", add_help=False)
@@ -117,11 +174,11 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _check_out(out: Path, field: str) -> None:
+def _check_out(out: Path, field: str, existing: str = "one written by harness run") -> None:
     """The output directory can be (or already is) a directory: one line before any run."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{field}: {str(out)!r} is a file, not a directory; give --out a directory "
-                          "(new or one written by harness run)")
+                          f"(new or {existing})")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -182,15 +239,24 @@ def cmd_report(a) -> int:
     target = a.target
     if target is not None and not 0 < target <= 1:
         raise ConfigError(f"--target: expected a test accuracy in (0, 1], got {target}")
+    if a.out is not None:
+        _check_out(Path(a.out), "--out", "an earlier report")
     try:
         if target is None:
             df = results.load(a.dir)
             col = "cfg.target_acc"
             target = float(df[col].dropna().iloc[0]) if col in df and df[col].notna().any() else 0.9
-        path = write_report(a.dir, target_acc=target)
+        path = write_report(a.dir, target_acc=target, out=a.out)
     except results.ResultsError as e:
         raise ConfigError(f"DIR: {e}") from None
     print(f"report written to {path}")
+    return 0
+
+
+def cmd_list(a) -> int:
+    from harness import catalog
+
+    print(catalog.text([a.kind] if a.kind else catalog.KINDS))
     return 0
 
 
@@ -207,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     from results.errors import ResultsError
 
     try:
-        a = _parser().parse_args(argv)
-        return {"run": cmd_run, "report": cmd_report}[a.cmd](a)
+        try:
+            a = _parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version: printed; mistakes raise _UsageError instead
+            return int(e.code or 0)
+        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[a.cmd](a)
     except (ConfigError, ValueError, FileNotFoundError, ResultsError) as e:
         if _is_root():  # under a parallel launcher every rank fails alike; say it once
             print(f"harness: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -6,7 +6,9 @@ A file holds the fields of :class:`RunConfig` plus two optional expansion keys:
 * ``grid``: ``{dotted.key: [values...]}``; every combination is a run (Cartesian product).
 
 ``--set key=value`` (values parsed as YAML) overrides every expanded run last;
-``--set grid.key=[...]`` changes the grid instead. Every mistake is one line naming the
+``--set grid.key=[...]`` changes the grid instead; ``--set cases.N.key=value`` sets the key in
+case ``N`` only (1 is the first case, as in the ``(case N)`` of error messages), after merging
+that case over the base and before the grid. Every mistake is one line naming the
 field, e.g. ``algorithm.period: Input should be a valid integer (case 2)``: wrong types,
 out-of-range or non-finite numbers, unknown keys at any level, broken YAML (in the file, in
 ``--set``, duplicate keys), plugins that fail to import. Nothing is run or written before a
@@ -176,7 +178,7 @@ def check_backend(cfg: RunConfig) -> None:
                          "lock-step algorithms only; use backend: simpy")
     if "gossip" in features and cfg.topology is None:
         raise ValueError(f"topology: algorithm {name!r} gossips over a graph; set topology: {{name: ring}} "
-                         "(harness topology --list shows them)")
+                         "(harness list topologies shows them)")
     if "faults" in features and cfg.backend in ("mpi", "torch"):
         raise ValueError(f"faults: crash injection is simulated (backend simpy or stacked); a {cfg.backend} run has "
                          "real failures only; remove faults: from the config")
@@ -256,9 +258,14 @@ def parse_sets(sets: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"--set {s}: expected key=value, e.g. --set steps=100")
         k, v = s.split("=", 1)
         k = _check_key(k.strip(), "--set ")
-        if k in ("imports", "cases", "grid") or k.startswith(("imports.", "cases.")):
+        if k in ("imports", "cases", "grid") or k.startswith("imports."):
             raise ConfigError(f"--set {k}: {k.split('.')[0]} cannot be set from the command line; edit the config "
-                              "file (a grid axis is --set grid.KEY=[v1, v2])")
+                              "file (a grid axis is --set grid.KEY=[v1, v2], a key of one case --set cases.N.KEY=V)")
+        if k.startswith("cases."):
+            parts = k.split(".", 2)
+            if len(parts) < 3 or parts[2].split(".")[0] in ("imports", "cases", "grid"):
+                raise ConfigError(f"--set {k}: expected cases.N.KEY=VALUE (N: the case, 1 is the first; KEY: a field "
+                                  "of that case's runs), e.g. --set cases.1.algorithm.period=16")
         try:
             out.append((k, yaml_load(v)))
         except _DuplicateKey as e:
@@ -274,6 +281,7 @@ def expand(raw: dict, sets: list[str] | None = None) -> list[RunConfig]:
     raw = copy.deepcopy(raw)
     cases = raw.pop("cases", None)
     grid = raw.pop("grid", None)
+    has_cases = cases is not None
     cases = [{}] if cases is None else cases
     grid = {} if grid is None else grid
     if not isinstance(cases, list) or not cases or not all(isinstance(c, dict) for c in cases):
@@ -286,10 +294,13 @@ def expand(raw: dict, sets: list[str] | None = None) -> list[RunConfig]:
         raise ConfigError("grid: expected a mapping of dotted keys to lists, e.g. grid: {seed: [0, 1]}")
     for k in grid:
         _check_key(k, "grid: ")
-    overrides = []
+    overrides, per_case = [], [[] for _ in cases]
     for k, v in parse_sets(sets):
         if k.startswith("grid."):
             grid[k[5:]] = v
+        elif k.startswith("cases."):
+            _, n, key = k.split(".", 2)
+            per_case[_case_index(k, n, len(cases), has_cases)].append((key, v))
         else:
             overrides.append((k, v))
     for k, v in grid.items():
@@ -300,12 +311,24 @@ def expand(raw: dict, sets: list[str] | None = None) -> list[RunConfig]:
         for combo in itertools.product(*grid.values()) if grid else [()]:
             try:
                 d = deep_merge(raw, case)
-                for k, v in [*zip(grid, combo), *overrides]:
+                for k, v in [*per_case[ci], *zip(grid, combo), *overrides]:
                     set_dotted(d, k, v)
                 runs.append(resolve(d))
             except ConfigError as e:
                 raise ConfigError(f"{e} (case {ci + 1})" if len(cases) > 1 else str(e)) from None
     return runs
+
+
+def _case_index(key: str, n: str, count: int, has_cases: bool) -> int:
+    """The 0-based index of case ``n`` (text, 1-based) of ``--set cases.N.KEY``; one line if none."""
+    rest = key.split(".", 2)[2]
+    if not has_cases:
+        raise ConfigError(f"--set {key}: the config has no cases: list; set the field of its runs with "
+                          f"--set {rest}=...")
+    if not n.isdigit() or not 1 <= int(n) <= count:
+        raise ConfigError(f"--set {key}: no case {n!r}; the config has {count} case(s), numbered 1..{count} "
+                          f"(--set cases.1.{rest}=... is the first)")
+    return int(n) - 1
 
 
 def load(path: str | Path, sets: list[str] | None = None) -> list[RunConfig]:

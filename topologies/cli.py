@@ -30,16 +30,22 @@ MAX_ROWS, MAX_PANELS = 32, 6
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness topology", description=__doc__.split("\n\n")[0],
+    text = __doc__.replace("``", "").replace("::", ":")  # help is plain text, not docstring markup
+    head, _, examples = text.partition("Examples:")
+    p = argparse.ArgumentParser(prog="harness topology", description=head.strip(),
+                                epilog="examples:\n" + "\n".join(f"  {line.strip()}" for line in examples.strip().splitlines()),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help=f"one of: {', '.join(NAMES)}")
-    p.add_argument("--n", type=int, default=16, help="number of nodes (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random and dynamic graphs")
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(NAMES)} (harness list topologies: their "
+                   "parameters)")
+    p.add_argument("--n", type=int, default=16, help="number of nodes (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random and dynamic graphs (default: 0)")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="a spec parameter, e.g. d=4, p=0.3, weights=metropolis, base=torus")
+                   help="a spec parameter, e.g. d=4, p=0.3, weights=metropolis, base=torus; repeatable "
+                   "(default: the topology's defaults)")
     p.add_argument("--steps", type=int, default=None,
                    help="dynamic graphs: steps shown and consensus window (default: period, or 8)")
-    p.add_argument("--out", default=None, help="draw the graph to this PNG file")
+    p.add_argument("--out", default=None, metavar="FILE.png", help="draw the graph to this PNG file "
+                   "(default: no drawing)")
     return p
 
 
