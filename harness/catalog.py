@@ -180,7 +180,10 @@ def _algorithms() -> list[Entry]:
 
 
 def _fields(model, skip=("name",)) -> list[Param]:
-    props = model.model_json_schema().get("properties", {})
+    try:
+        props = model.model_json_schema().get("properties", {})
+    except Exception:  # a plugin's field pydantic cannot describe: list it without allowed values
+        props = {}
     return [Param(k, f.get_default(call_default_factory=True), allowed(props.get(k, {})), f.description or "")
             for k, f in model.model_fields.items() if k not in skip]
 
