@@ -213,7 +213,7 @@ def test_every_option_has_help_with_its_default_and_an_example(name):
 def test_generated_documents_are_current():
     for path, text in catalog_md.targets().items():
         assert path.read_text(encoding="utf-8") == text, (
-            f"{path.name} is out of date; run: python -m harness.catalog --write")
+            f"{path.name} is out of date; run: python -m harness.catalog_md --write")
 
 
 def test_readme_lists_what_exists_and_links_inside_the_repository():
