@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     sl.add_argument("args", nargs=argparse.REMAINDER)
     sw = sub.add_parser("sweep", help="run a config's grid locally, K runs at a time", add_help=False)
     sw.add_argument("args", nargs=argparse.REMAINDER)
+    for name, what in (("calibrate", "fit compute: and network: from a real launch (mpiexec/torchrun)"),
+                       ("predict", "replay real runs with a calibration; predicted vs measured time")):
+        sub.add_parser(name, help=what, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -266,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         from topologies.cli import main as topology_main
 
         return topology_main(argv[1:])
+    if argv[:1] in (["calibrate"], ["predict"]):  # [issue 17] harness/calibration/
+        from harness.calibration.cli import main as calibration_main
+
+        return calibration_main(argv)
     if argv[:1] in (["slurm"], ["sweep"]):
         from harness.slurm import main as slurm_main
 

@@ -31,6 +31,7 @@ from harness import algorithms, capabilities, tasks
 from simulators.compute import ComputeSpec
 from simulators.faults import FaultSpec
 from harness.cost import NetworkSpec
+from harness.calibration.slowdown import SlowdownSpec
 
 BACKENDS = ("simpy", "stacked", "mpi", "torch")  # mpi, torch: real backends (harness/backends/)
 
@@ -56,6 +57,7 @@ class RunConfig(BaseModel):
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     faults: FaultSpec | None = None
+    slowdown: SlowdownSpec | None = Field(None, description="real backends: workers that sleep a drawn time per Grad (issue 17)")
     on_divergence: Literal["stop", "continue"] = Field(
         "stop", description="a non-finite loss or model ends the run as 'diverged' (stop) or only marks it (continue)")
 
@@ -87,6 +89,11 @@ class RunConfig(BaseModel):
         dump = self.model_dump()
         if dump["on_divergence"] == "stop":  # the default leaves run ids as they were before the field
             del dump["on_divergence"]
+        for key in ("slowdown",):  # [issue 17] new fields, unset: run ids stay as they were
+            if dump[key] is None:
+                del dump[key]
+        if dump["compute"].get("worker_factors") is None:
+            dump["compute"].pop("worker_factors", None)
         digest = hashlib.sha1(json.dumps(dump, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return "-".join([*parts, self.backend, f"s{self.seed}", digest])
 
@@ -147,6 +154,9 @@ def resolve(raw: dict) -> RunConfig:
     try:
         check_backend(cfg)
         cfg.network.check_workers(cfg.n_workers + (1 if algorithms.get(name).has_server else 0))
+        if cfg.slowdown:  # [issue 17]
+            cfg.slowdown.check_workers(cfg.n_workers)
+        cfg.compute.check_workers(cfg.n_workers)
         if cfg.faults:
             cfg.faults.check_workers(cfg.n_workers)
             if cfg.faults.policy == "continue" and cfg.topology is not None:

@@ -21,7 +21,8 @@ module listed in a config's ``imports:`` (``times.spec.params`` holds the model'
 ``times.rngs[i]`` worker ``i``'s stream, ``times.mean_s`` the mean).
 
 On top of the base draw: persistent stragglers (a seeded ``round(straggler_fraction n)``
-workers are ``straggler_factor`` times slower) and optional Markov on/off slowdowns (per
+workers are ``straggler_factor`` times slower; ``worker_factors`` gives each worker its own
+factor, as ``harness calibrate`` fits them) and optional Markov on/off slowdowns (per
 draw a fast worker turns slow with ``p_slow``, a slow one recovers with ``p_recover``; slow
 draws take ``factor`` times longer). Every worker draws from its own seeded stream, so the
 times do not depend on the order in which a backend visits workers.
@@ -78,6 +79,8 @@ class ComputeSpec(BaseModel):
     straggler_fraction: float = Field(0.0, ge=0, le=1)
     straggler_factor: float = Field(4.0, ge=1)
     markov: MarkovSpec | None = None
+    worker_factors: list[float] | None = Field(
+        None, description="persistent per-worker slowdown factors (one per worker, > 0), e.g. fitted by harness calibrate")
     scale: float = Field(1.0, gt=0, description="measured: factor on the measured step time")
     params: dict[str, Any] = Field(default_factory=dict, description="options of a registered model")
 
@@ -88,6 +91,11 @@ class ComputeSpec(BaseModel):
             raise ValueError(f"unknown compute model {v!r}; choose one of {sorted(COMPUTE_MODELS)} "
                              "or register one with simulators.compute.register_compute")
         return v
+
+    def check_workers(self, n: int) -> None:
+        f = self.worker_factors
+        if f is not None and (len(f) != n or any(v <= 0 for v in f)):
+            raise ValueError(f"compute.worker_factors: needs {n} values > 0 (one per worker), got {f}")
 
     @model_validator(mode="after")
     def _check(self):
@@ -135,6 +143,8 @@ class ComputeTimes:
         self.slow = np.sort(np.random.default_rng([seed, 13]).choice(n, size=k, replace=False))
         self.factor = np.ones(n)
         self.factor[self.slow] = spec.straggler_factor
+        if spec.worker_factors is not None:
+            self.factor *= np.asarray(spec.worker_factors, dtype=float)[:n]
         self.draws = np.zeros(n, dtype=np.int64)
         self.in_slow = np.zeros(n, dtype=bool)
         self.trace = None

@@ -102,6 +102,9 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.sat_out = False  # the last Grad skipped this worker (members=): its NaN loss is by design
         self.agree = cfg.on_divergence == "stop" and not self.server_alg
         self.last_x = None  # the model of the last Record: the final model when the run stops early
+        from harness.calibration.slowdown import sleeper
+
+        self.slow = sleeper(cfg, self.i)  # [issue 17] slowdown: injected sleep after each Grad, or None
 
     @property
     def where(self) -> str:
@@ -192,6 +195,8 @@ class RankDriver(CommHandlers, DivergenceChecks):
             return ops.skipped(op, self.n)
         part = None if op.part is None else int(op.part)
         out = self.task.loss_and_grad(op.x, self.sampler.draw(self.i, part, op.batches), self.i)
+        if self.slow is not None:
+            self.slow()
         self._hold_done()
         self.units += op.batches
         return out

@@ -1,0 +1,43 @@
+"""Writing calibration files atomically (a temporary file in the same folder, then a rename),
+so that a killed calibration never leaves half a fragment behind."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+def atomic_text(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def fragment_text(compute: dict, network: dict, fit: dict, insitu: dict | None = None) -> str:
+    """The ``compute:`` / ``network:`` fragment, the goodness of fit as comments on top."""
+    c, n = fit["compute"], fit["network"]
+    head = [f"# Calibrated by harness calibrate from {fit['source']} ({fit['backend']}, {fit['ranks']} ranks, "
+            f"hosts {', '.join(sorted(set(fit['hosts'])))}).",
+            f"# compute: {c['samples']} step times; {compute['model']} chosen by AIC {c['aic']};",
+            f"#   Kolmogorov-Smirnov distance {c['ks_distance']:.3f} (p = {c['ks_pvalue']:.2g}); "
+            f"per-worker medians (s) {[round(v, 6) for v in c['worker_median_s']]}",
+            f"# network: {n['measurements']} op times; allreduce {network['allreduce']} chosen by relative RMS "
+            f"{ {k: round(v, 3) for k, v in n['rel_rms_by_allreduce'].items()} };",
+            f"#   relative RMS by op { {k: round(v, 3) for k, v in n['rel_rms_by_op'].items()} }, "
+            f"worst {n['max_abs_rel_error']:.2f}",
+            *([f"# in situ: latency_s {insitu['latency_s']:.3g} s carries a synchronisation delay of "
+               f"{insitu['sync_delay_s'] * 1e3:.3f} ms per all-reduce: measured step {insitu['measured_step_s'] * 1e3:.3f} ms = "
+               f"E[max compute] {insitu['expected_max_compute_s'] * 1e3:.3f} ms + all-reduce "
+               f"{insitu['allreduce_model_s'] * 1e3:.3f} ms (model) + delay"] if insitu else []),
+            "# Use: copy these sections into a config, or harness predict RUNS --calibration THIS_FILE."]
+    return "\n".join(head) + "\n" + yaml.safe_dump({"compute": compute, "network": network}, sort_keys=False)
