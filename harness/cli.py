@@ -150,12 +150,23 @@ def cmd_run(a) -> int:
     root = _is_root()  # real backends: every rank runs this loop; only rank 0 prints
     t0 = time.perf_counter()
     diverged = []  # [issue 14] runs that diverged, now or before: the sweep goes on, exit status 1
+    from harness.progress import Progress  # [issue 15] overall line with ETA (periodic without a terminal)
+
+    overall = Progress(len(runs), "run", quiet=a.quiet or not root, bar=len(runs) > 1)
     for k, cfg in enumerate(runs, 1):
         label = f"[{k}/{len(runs)}] {cfg.run_id}"
         bar = _progress(cfg, label, a.quiet or not root)
+
+        def on_eval(row, bar=bar, k=k, steps=cfg.steps):
+            if bar:
+                bar.update(row)
+            overall.update(k, row["step"], steps, row["time_s"])
         t1 = time.perf_counter()
-        run_dir, ran = run_to_dir(cfg, out, on_eval=bar.update if bar else None, force=a.force,
-                                  save_params=a.save_params)
+        try:
+            run_dir, ran = run_to_dir(cfg, out, on_eval=on_eval, force=a.force, save_params=a.save_params)
+        except BaseException:
+            overall.close()
+            raise
         if bar:
             bar.close()
         if root:
@@ -166,7 +177,9 @@ def cmd_run(a) -> int:
             said = ("diverged" if st == "diverged" else "done") if ran else {
                 "finished": "already finished, skipped", "diverged": "diverged before, skipped"}.get(
                 st, "being run by another process, skipped")
-            print(f"{label}: {said} ({time.perf_counter() - t1:.1f} s)", flush=True)
+            overall.finish(k, skipped=not ran)
+            overall.write(f"{label}: {said} ({time.perf_counter() - t1:.1f} s)")
+    overall.close()
     if root:
         print(f"{len(runs)} run(s) in {out} ({time.perf_counter() - t0:.0f} s)")
         _print_summary(out, runs[0].target_acc)

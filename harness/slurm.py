@@ -7,7 +7,8 @@
   point from the start and replaces its results atomically (no duplicated or lost rows).
 * Real distributed runs (``--backend mpi|torch``) become one job (``slurm/mpi.sbatch`` /
   ``slurm/torch.sbatch``) whose ranks are launched by ``srun``.
-* ``harness sweep CONFIG --jobs K`` runs the same grid here, K runs at a time.
+* ``harness sweep CONFIG --jobs K`` runs the same grid here, K runs at a time
+  (:mod:`harness.sweep`).
 
 The templates are plain sbatch files (Jinja2 placeholders) a user can copy and edit.
 """
@@ -19,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -57,13 +57,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--sbatch-arg", action="append", default=[], help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=low")
     s.add_argument("--job-name")
     s.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
-    return p
-
-
-def sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness sweep", description="run a config's grid locally, K runs at a time")
-    _common(p)
-    p.add_argument("--jobs", type=int, default=1)
     return p
 
 
@@ -170,32 +163,14 @@ def submit(a) -> int:
     return 0
 
 
-def sweep(a) -> int:
-    runs = config_mod.load(a.config, a.sets)
-    out = Path(a.out or Path("runs") / runs[0].name)
-    todo = pending(runs, out)
-    print(f"{len(todo)} of {len(runs)} run(s) to do in {out}, {a.jobs} at a time")
-    sets = [x for s in a.sets for x in ("--set", s)]
-
-    def one(i):
-        cmd = [sys.executable, "-m", "harness.cli", "run", a.config, "--out", str(out), "--only", str(i), "--quiet", *sets]
-        return i, subprocess.run(cmd, capture_output=True, text=True)
-
-    failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        for k, (i, res) in enumerate(pool.map(one, todo), 1):
-            ok = res.returncode == 0
-            failed += not ok
-            err = "" if ok else ": " + (res.stderr.strip().splitlines() or ["failed"])[-1]
-            print(f"[{k}/{len(todo)}] {runs[i].run_id}: {'done' if ok else 'FAILED'}{err}", flush=True)
-    print(f"{len(todo) - failed} finished, {failed} failed; `harness report {out}` merges them")
-    return 1 if failed else 0
-
-
 def main(argv: list[str], sweep_mode: bool = False) -> int:
-    a = (sweep_parser() if sweep_mode else parser()).parse_args(argv)
+    if sweep_mode:  # `harness sweep`: harness/sweep.py (a pool of warm worker processes)
+        from harness.sweep import main as sweep_main
+
+        return sweep_main(argv)
+    a = parser().parse_args(argv)
     try:
-        return sweep(a) if sweep_mode else submit(a)
+        return submit(a)
     except (ConfigError, SlurmError, ValueError, FileNotFoundError) as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
