@@ -94,6 +94,8 @@ class RunConfig(BaseModel):
                 del dump[key]
         if dump["compute"].get("worker_factors") is None:
             dump["compute"].pop("worker_factors", None)
+        if not dump["network"].get("sync_delay_s"):
+            dump["network"].pop("sync_delay_s", None)
         digest = hashlib.sha1(json.dumps(dump, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return "-".join([*parts, self.backend, f"s{self.seed}", digest])
 

@@ -8,7 +8,9 @@ the byte columns of a table are identical whichever backend wrote it.
 Network (alpha-beta): every worker has an uplink and a downlink (latency ``alpha`` s,
 bandwidth ``beta`` bytes/s). A message of ``b`` bytes from ``j`` to ``i`` takes
 ``alpha + b / min(up_j, down_i)``; with ``workers_per_node`` workers on one node use the
-``intra`` link. Collectives over ``m`` members, per member ``b`` bytes (Thakur,
+``intra`` link; ``sync_delay_s`` (default 0) is added once to every message and every
+collective (a per-operation delay that is no wire time: ranks sharing cores wait for the
+scheduler; ``harness calibrate`` fits it). Collectives over ``m`` members, per member ``b`` bytes (Thakur,
 Rabenseifner & Gropp 2005), priced at the bottleneck link:
 
 ==============  =========================================  ==================================
@@ -80,6 +82,8 @@ class NetworkSpec(BaseModel):
     contention: bool = Field(True, description="Send/Recv queue on the sender's uplink and receiver's downlink (SimPy)")
     drop_prob: float = Field(0.0, ge=0, lt=1, description="Send/Recv: chance a message is lost and re-sent")
     retransmit_s: float = Field(0.2, ge=0, description="Send/Recv: timeout before a lost message is re-sent")
+    sync_delay_s: float = Field(0.0, ge=0, description="seconds every communication op pays once (a message, a "
+                                "collective): e.g. ranks sharing cores waiting for the scheduler; fitted by harness calibrate")
 
     @model_validator(mode="after")
     def _check(self):
@@ -115,8 +119,8 @@ class NetworkSpec(BaseModel):
     def link(self, src: int, dst: int) -> tuple[float, float]:
         """(latency, bandwidth) of a message from ``src`` to ``dst``."""
         if self.same_node(src, dst):
-            return self.intra.latency_s, self.intra.bandwidth_Bps
-        return self.latency_s, min(self.up(src), self.down(dst))
+            return self.intra.latency_s + self.sync_delay_s, self.intra.bandwidth_Bps
+        return self.latency_s + self.sync_delay_s, min(self.up(src), self.down(dst))
 
     def p2p(self, nbytes: float, src: int = 0, dst: int = 1) -> float:
         alpha, beta = self.link(src, dst)
@@ -142,10 +146,12 @@ class NetworkSpec(BaseModel):
         if m <= 1:
             return Cost(0.0, (NONE,) * m)
         if self.allreduce == "tree":
-            return _tree(*self._bottleneck(ids), nbytes, m)
-        if self.allreduce == "hierarchical":
-            return self._hierarchical(nbytes, ids)
-        return _ring(*self._bottleneck(ids), nbytes, m)
+            c = _tree(*self._bottleneck(ids), nbytes, m)
+        elif self.allreduce == "hierarchical":
+            c = self._hierarchical(nbytes, ids)
+        else:
+            c = _ring(*self._bottleneck(ids), nbytes, m)
+        return c._replace(seconds=c.seconds + self.sync_delay_s)
 
     def _hierarchical(self, nbytes: float, ids: Sequence[int]) -> Cost:
         nodes: dict[int, list[int]] = {}
@@ -174,7 +180,7 @@ class NetworkSpec(BaseModel):
         alpha, beta = self._bottleneck(ids)
         total = float(sum(sizes))
         per = tuple(Traffic(total - sizes[(p + 1) % m], total - sizes[p], m - 1) for p in range(m))
-        return Cost((m - 1) * (alpha + max(sizes) / beta), per)
+        return Cost((m - 1) * (alpha + max(sizes) / beta) + self.sync_delay_s, per)
 
     def gossip(self, nbytes: float, outs: int, ins: int) -> Traffic:
         """One worker's traffic in a gossip exchange: a message per out-edge."""

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.calibration.fit import fit_compute, fit_network, insitu_latency
+from harness.calibration.fit import fit_compute, fit_network, insitu_delay
 from harness.calibration.measure import step_compute
 from harness.config import ConfigError, deep_merge, expand, resolve
 from harness.cost import NetworkSpec
@@ -91,19 +91,21 @@ def test_network_fit_two_link_classes_across_nodes():
     NetworkSpec(**sec).check_workers(4)
 
 
-def test_insitu_latency_carries_a_known_synchronisation_delay():
+def test_insitu_delay_recovers_a_known_synchronisation_delay():
     compute = {"model": "lognormal", "mean_s": 0.002, "sigma": 0.2}
     net = {"latency_s": 2e-5, "bandwidth_Bps": 2e9, "allreduce": "ring"}
     nbytes, delay = 340_000, 0.0015
     t = ComputeTimes(ComputeSpec(**compute), 4, 0)
     e_max = np.mean([max(t.sample(i) for i in range(4)) for _ in range(3000)])
     step = e_max + NetworkSpec(**net).allreduce_cost(nbytes, range(4)).seconds + delay
-    sec, found = insitu_latency(net, compute, step, 4, nbytes, seed=5)
-    assert found["sync_delay_s"] == pytest.approx(delay, rel=0.1)
-    # the new latency puts that delay into the all-reduce: ring has 2(m-1) = 6 latency terms
-    assert sec["latency_s"] == pytest.approx(2e-5 + delay / 6, rel=0.1)
-    same, found = insitu_latency(net, compute, e_max, 4, nbytes)  # no delay: latency unchanged
-    assert same["latency_s"] == pytest.approx(2e-5) and found["sync_delay_s"] == 0
+    sec, found = insitu_delay(net, compute, step, 4, nbytes, seed=5)
+    assert sec["sync_delay_s"] == pytest.approx(delay, rel=0.1) and sec["latency_s"] == 2e-5
+    # harness.cost charges it once per op: a collective, a message
+    spec = NetworkSpec(**sec)
+    assert spec.allreduce_cost(nbytes, range(4)).seconds == pytest.approx(step - e_max, rel=0.1)
+    assert spec.p2p(1000) == pytest.approx(NetworkSpec(**net).p2p(1000) + sec["sync_delay_s"])
+    same, found = insitu_delay(net, compute, e_max, 4, nbytes)  # no delay: none fitted
+    assert same["sync_delay_s"] == 0 and found["sync_delay_s"] == 0
 
 
 def _small(**over):
@@ -141,6 +143,7 @@ def test_slowdown_draws_are_seeded_and_checked():
     # unset, the new fields leave run ids alone; set, they change them
     assert _small().run_id != _small(slowdown={"workers": [1], "mean_s": 0.01}).run_id
     assert _small().run_id != _small(compute={"worker_factors": [1, 1, 1, 2]}).run_id
+    assert _small().run_id == _small(network={"sync_delay_s": 0.0}).run_id != _small(network={"sync_delay_s": 1e-3}).run_id
 
 
 @pytest.mark.mpi
@@ -162,7 +165,7 @@ def test_calibrate_on_4_mpi_ranks_writes_a_fragment_that_loads_and_predicts(tmp_
         frag = yaml.safe_load((out / name).read_text())
         assert set(frag) == {"compute", "network"}
         merged = resolve(deep_merge(yaml.safe_load(cfg.read_text()), frag))
-        assert len(merged.compute.worker_factors) == 4 and merged.network.latency_s >= 0
+        assert len(merged.compute.worker_factors) == 4 and merged.network.latency_s >= 0 and merged.network.sync_delay_s >= 0
     info = json.loads((out / "calibration.json").read_text())
     assert info["ranks"] == 4 and info["compute"]["samples"] == 4 * (20 - 3)
     comm = pd.read_csv(out / "comm.csv")

@@ -8,8 +8,8 @@
 (:mod:`harness.calibration.fit`) on the run ``--only I`` of CONFIG (default 0, a lock-step
 algorithm such as ``sync_sgd``), then writes to DIR (default ``runs/calibration``):
 ``calibration.yaml`` (the ``compute:`` / ``network:`` fragment, goodness of fit as comments;
-for ``sync_sgd`` also ``calibration-insitu.yaml``, whose latency carries the job's own
-synchronisation delay, see :func:`harness.calibration.fit.insitu_latency`),
+for ``sync_sgd`` also ``calibration-insitu.yaml``, with the job's own synchronisation delay
+as ``network.sync_delay_s``, see :func:`harness.calibration.fit.insitu_delay`),
 ``calibration.json`` (the fit in full), ``compute.csv`` (``worker, step, seconds``) and
 ``comm.csv`` (every timed op), and the measured job under ``DIR/job``.
 ``predict`` is :mod:`harness.calibration.predict`.
@@ -96,8 +96,8 @@ def cmd_calibrate(a) -> int:
             "hosts": hosts, "steps": cfg.steps, "compute": cg, "network": ng,
             "fragment": {"compute": compute, "network": network}}
     if cfg.algorithm["name"] == "sync_sgd":  # one all-reduce of the model per step: the contention term
-        insitu, info["insitu"] = fit.insitu_latency(network, compute, float(fit.step_times(metrics, a.warmup).mean()),
-                                                    cfg.n_workers, _model_bytes(cfg), cfg.seed)
+        insitu, info["insitu"] = fit.insitu_delay(network, compute, float(fit.step_times(metrics, a.warmup).mean()),
+                                                  cfg.n_workers, _model_bytes(cfg), cfg.seed)
         io.atomic_text(out / "calibration-insitu.yaml", io.fragment_text(compute, insitu, info, info["insitu"]))
     io.atomic_text(out / "compute.csv", steps.to_csv(index=False))
     io.atomic_text(out / "comm.csv", comm.to_csv(index=False))

@@ -149,29 +149,24 @@ def step_times(metrics: pd.DataFrame, warmup: int = 3) -> np.ndarray:
     return w.groupby("step").dt.mean().to_numpy()
 
 
-def insitu_latency(network: dict, compute: dict, measured_step_s: float, n: int, nbytes: float,
-                   seed: int = 0, draws: int = 4000) -> tuple[dict, dict]:
-    """A network section whose latency also carries the job's synchronisation delay.
+def insitu_delay(network: dict, compute: dict, measured_step_s: float, n: int, nbytes: float,
+                 seed: int = 0, draws: int = 4000) -> tuple[dict, dict]:
+    """A network section with the job's synchronisation delay as ``sync_delay_s``.
 
     For a job of one all-reduce of ``nbytes`` per step (``sync_sgd``) the simulator's step is
     ``E[max of n compute draws] + allreduce(nbytes)``. Where the measured step is longer
-    (ranks sharing cores wait for the scheduler, not for the wire), the difference is put
-    into ``latency_s`` (solving the all-reduce formula of :mod:`harness.cost` for alpha),
-    so that a replay of this job takes its measured time; each message of another
-    algorithm then pays that delay too. Returns ``(network section, what was found)``."""
+    (ranks sharing cores wait for the scheduler, not for the wire), the difference is the
+    delay that :mod:`harness.cost` then adds once to every communication op (a message, a
+    gossip exchange, a collective), so that a replay of this job takes its measured time.
+    Returns ``(network section, what was found)``."""
     from harness.cost import NetworkSpec
     from simulators.compute import ComputeSpec, ComputeTimes
 
     times = ComputeTimes(ComputeSpec(**compute), n, seed)
     steps = max(1, draws // n)
     e_max = float(np.mean([max(times.sample(i) for i in range(n)) for _ in range(steps)]))
-    spec = NetworkSpec(**network)
-    ids = list(range(n))
-    cost = spec.allreduce_cost(nbytes, ids).seconds
-    need = measured_step_s - e_max
-    probe = NetworkSpec(**{**network, "latency_s": 1.0}).allreduce_cost(nbytes, ids).seconds - cost
-    k_alpha = probe / (1.0 - spec.latency_s) if spec.latency_s < 1.0 else 1.0  # d cost / d alpha
-    alpha = max(spec.latency_s, spec.latency_s + (need - cost) / k_alpha)
+    cost = NetworkSpec(**{**network, "sync_delay_s": 0.0}).allreduce_cost(nbytes, list(range(n))).seconds
+    delay = max(0.0, measured_step_s - e_max - cost)
     found = {"measured_step_s": measured_step_s, "expected_max_compute_s": e_max, "allreduce_model_s": cost,
-             "sync_delay_s": max(0.0, need - cost), "latency_s": alpha}
-    return {**network, "latency_s": float(f"{alpha:.4g}")}, found
+             "sync_delay_s": delay}
+    return {**network, "sync_delay_s": float(f"{delay:.4g}")}, found

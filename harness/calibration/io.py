@@ -35,8 +35,7 @@ def fragment_text(compute: dict, network: dict, fit: dict, insitu: dict | None =
             f"{ {k: round(v, 3) for k, v in n['rel_rms_by_allreduce'].items()} };",
             f"#   relative RMS by op { {k: round(v, 3) for k, v in n['rel_rms_by_op'].items()} }, "
             f"worst {n['max_abs_rel_error']:.2f}",
-            *([f"# in situ: latency_s {insitu['latency_s']:.3g} s carries a synchronisation delay of "
-               f"{insitu['sync_delay_s'] * 1e3:.3f} ms per all-reduce: measured step {insitu['measured_step_s'] * 1e3:.3f} ms = "
+            *([f"# in situ: sync_delay_s {insitu['sync_delay_s'] * 1e3:.3f} ms per communication op: measured step {insitu['measured_step_s'] * 1e3:.3f} ms = "
                f"E[max compute] {insitu['expected_max_compute_s'] * 1e3:.3f} ms + all-reduce "
                f"{insitu['allreduce_model_s'] * 1e3:.3f} ms (model) + delay"] if insitu else []),
             "# Use: copy these sections into a config, or harness predict RUNS --calibration THIS_FILE."]

@@ -1,0 +1,94 @@
+"""Calibrated simulator vs measured wall-clock (issue [17]): 4 local MPI ranks.
+
+    .venv/bin/python benchmarks/calibration.py [--reps 3] [--out /tmp/calibration-bench]
+
+Each repetition, back to back (so that both see the same machine load):
+
+1. ``mpiexec -n 4 harness calibrate presets/calibrate-mpi.yaml --backend mpi`` (case 0,
+   sync SGD): compute and communication measured, fitted, written as two fragments:
+   ``calibration`` (alpha-beta from the op timings) and ``calibration-insitu`` (the latency
+   also carries the measured job's synchronisation delay: the contention term);
+2. ``mpiexec -n 4 harness run presets/calibrate-mpi.yaml --backend mpi --force``: sync SGD,
+   Local SGD (H=8), D-PSGD (ring), async SGD (1 server + 3 workers);
+3. ``harness predict`` with both fragments: each real run replayed on simpy.
+
+Prints every repetition's table, then per algorithm and fragment the median measured and
+predicted time per step and the median and range of the relative error. Finally, a known
+straggler: a calibration with worker 2 sleeping ``--sleep-ms`` per step (``slowdown:``)
+and the factor and median step the fit finds for it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "presets" / "calibrate-mpi.yaml"
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _run(cmd, timeout=900):
+    p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if p.returncode:
+        sys.exit(f"failed: {' '.join(map(str, cmd))}\n{p.stderr[-3000:]}")
+    return p.stdout
+
+
+def _mpi(*args):
+    exe = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return [exe, "-n", "4", sys.executable, "-m", "harness.cli", *map(str, args)]
+
+
+def repetition(out: Path) -> pd.DataFrame:
+    _run(_mpi("calibrate", PRESET, "--backend", "mpi", "--out", out))
+    _run(_mpi("run", PRESET, "--backend", "mpi", "--out", out / "real", "--force", "--quiet"))
+    _run([sys.executable, "-m", "harness.cli", "predict", out / "real", "--calibration", out / "calibration.yaml",
+          "--calibration", out / "calibration-insitu.yaml", "--out", out / "predict"])
+    return pd.read_csv(out / "predict" / "predict.csv")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default="/tmp/calibration-bench")
+    ap.add_argument("--sleep-ms", type=float, default=3.0, help="the injected straggler's sleep per step")
+    a = ap.parse_args()
+    out = Path(a.out)
+    tables = []
+    for r in range(a.reps):
+        t = repetition(out / f"rep{r}").assign(rep=r)
+        fit = json.loads((out / f"rep{r}" / "calibration.json").read_text())
+        print(f"\n# repetition {r}: fitted {fit['fragment']}; in situ {fit.get('insitu')}")
+        print(t[["calibration", "algorithm", "measured_step_ms", "predicted_step_ms", "error"]].to_string(index=False))
+        tables.append(t)
+    df = pd.concat(tables)
+    g = df.groupby(["calibration", "algorithm"], sort=False)
+    summary = g.agg(measured_step_ms=("measured_step_ms", "median"), predicted_step_ms=("predicted_step_ms", "median"),
+                    error_median=("error", "median"), error_min=("error", "min"), error_max=("error", "max"),
+                    wait_measured=("measured_wait_share", "median"), wait_predicted=("predicted_wait_share", "median"))
+    print(f"\n# medians over {a.reps} repetitions (error = predicted / measured - 1)")
+    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    # a known straggler: worker 2 sleeps a constant time after every gradient
+    s = out / "straggler"
+    _run(_mpi("calibrate", PRESET, "--backend", "mpi", "--out", s, "--set",
+              f"slowdown={{workers: [2], model: constant, mean_s: {a.sleep_ms / 1e3}}}"))
+    info = json.loads((s / "calibration.json").read_text())
+    med = info["compute"]["worker_median_s"]
+    others = sorted(med[:2] + med[3:])[1]
+    print(f"\n# injected: worker 2 sleeps {a.sleep_ms} ms per step")
+    print(f"fitted worker_factors {info['fragment']['compute']['worker_factors']}; median step per worker (ms) "
+          f"{[round(1e3 * m, 3) for m in med]}; worker 2 minus the others' median: {1e3 * (med[2] - others):.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
