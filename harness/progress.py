@@ -54,16 +54,18 @@ class Progress:
     index); ``finish(key, sim_s, skipped=, failed=)`` ends it; ``write(text)`` prints a line to
     stdout without breaking the bar; ``close()`` stops the bar or the timer. ``quiet``: nothing
     at all; ``bar=False``: no bar on a terminal (``harness run`` has a per-run bar for one run).
-    ``every``, ``tty``: override ``HARNESS_PROGRESS_EVERY`` and the terminal check (tests)."""
+    ``every``, ``tty``, ``clock``: override ``HARNESS_PROGRESS_EVERY``, the terminal check and
+    the clock (tests)."""
 
     def __init__(self, total: int, label: str = "sweep", *, quiet: bool = False, bar: bool = True,
-                 every: float | None = None, tty: bool | None = None):
+                 every: float | None = None, tty: bool | None = None, clock=time.monotonic):
         self.total, self.label = total, label
         self.done = self.skipped = self.failed = 0
         self.sim_done = 0.0
         self._running: dict = {}  # key -> (fraction of its steps, simulated seconds so far)
         self._lock = threading.Lock()
-        self._t0 = time.monotonic()
+        self._clock = clock
+        self._t0 = clock()
         self._bar = self._timer = None
         self._stop = threading.Event()
         tty = sys.stderr.isatty() if tty is None else tty
@@ -118,7 +120,7 @@ class Progress:
 
     # -- what it shows --------------------------------------------------------------------
     def elapsed(self) -> float:
-        return time.monotonic() - self._t0
+        return self._clock() - self._t0
 
     def fraction(self) -> float:
         """Fraction of the work (steps of runs not skipped) done; with the lock held."""

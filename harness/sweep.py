@@ -32,7 +32,7 @@ from queue import Empty
 
 from harness import config as config_mod
 from harness.config import ConfigError
-from harness.progress import Progress
+from harness.progress import Progress, every_s
 
 REAL = ("mpi", "torch")
 
@@ -70,6 +70,7 @@ class Interrupted(BaseException):
 
 
 _queue = None  # progress messages to the parent: (pid, index, step, steps, sim_s)
+_runs: list = []  # this worker's expansion of the config (its imports: plugins registered here too)
 _busy = False
 
 
@@ -79,11 +80,12 @@ def _on_term(signum, frame):
     os._exit(130)
 
 
-def _init(queue) -> None:
-    global _queue
+def _init(queue, config: str, sets: list[str]) -> None:
+    global _queue, _runs
     _queue = queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     signal.signal(signal.SIGTERM, _on_term)
+    _runs = config_mod.load(config, sets)  # runs the config's imports: (plugin algorithms, tasks) here
     import torch
 
     import harness.experiment  # noqa: F401  (the import this pool exists to pay once)
@@ -92,6 +94,10 @@ def _init(queue) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
+
+
+def _work(i: int, out: Path) -> Result:
+    return run_one(i, _runs[i], out)
 
 
 def run_one(i: int, cfg, out: Path, force: bool = False, on_row=None) -> Result:
@@ -133,8 +139,11 @@ def run_one(i: int, cfg, out: Path, force: bool = False, on_row=None) -> Result:
 
 
 # -- parent side ---------------------------------------------------------------------------
-def run_all(runs, todo: list[int], out: Path, jobs: int, progress: Progress, report=lambda r: None) -> list[Result]:
-    """Run ``runs[i]`` for ``i`` in ``todo``, ``jobs`` at a time; ``report(result)`` as each ends."""
+def run_all(source: tuple[str, list[str]], runs, todo: list[int], out: Path, jobs: int, progress: Progress,
+            report=lambda r: None) -> list[Result]:
+    """Run ``runs[i]`` for ``i`` in ``todo``, ``jobs`` at a time; ``report(result)`` as each ends.
+    ``source``: the config path (absolute) and --set list that ``runs`` came from: each worker
+    loads them again (cheap), so that a config's ``imports`` are registered in it as here."""
     results: list[Result] = []
 
     def end(r: Result):
@@ -148,17 +157,17 @@ def run_all(runs, todo: list[int], out: Path, jobs: int, progress: Progress, rep
         return results
     left = list(todo)
     while left:  # a new pool only after a worker died
-        left = _pool_round(runs, left, out, jobs, progress, end)
+        left = _pool_round(source, runs, left, out, jobs, progress, end)
     return results
 
 
-def _pool_round(runs, todo, out, jobs, progress, end) -> list[int]:
+def _pool_round(source, runs, todo, out, jobs, progress, end) -> list[int]:
     """One pool over ``todo``; returns the runs left to do if a worker process died."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_init,
-                               initargs=(queue,))
-    futs = {pool.submit(run_one, i, runs[i], out): i for i in todo}
+                               initargs=(queue, *source))
+    futs = {pool.submit(_work, i, out): i for i in todo}
     procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process (spawned on submit)
     running: dict[int, int] = {}  # worker pid -> index of the run it started last
 
@@ -229,7 +238,10 @@ def sweep(a) -> int:
                           f"CONFIG --backend {a.backend}`")
     if a.jobs < 1:
         raise ConfigError(f"--jobs {a.jobs}: expected a number of runs at a time >= 1, e.g. --jobs 2")
-    runs = config_mod.load(a.config, a.sets + ([f"backend={a.backend}"] if a.backend else []))
+    if not a.quiet:
+        every_s()  # a bad HARNESS_PROGRESS_EVERY is one line before anything runs
+    source = (str(Path(a.config).resolve()), a.sets + ([f"backend={a.backend}"] if a.backend else []))
+    runs = config_mod.load(*source)
     out = Path(a.out or Path("runs") / runs[0].name)
     _check_out(out, "--out" if a.out else "name")
     if a.list:
@@ -249,7 +261,7 @@ def sweep(a) -> int:
     old = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _interrupt)  # scancel / a job's time limit: stop as for Ctrl-C
-        results = run_all(runs, todo, out, jobs, progress, report)
+        results = run_all(source, runs, todo, out, jobs, progress, report)
     except KeyboardInterrupt:
         progress.close()
         print("harness: interrupted; the runs in progress are marked failed and run again by the next sweep",
