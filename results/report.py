@@ -5,6 +5,8 @@
 - ``summary.csv``: :func:`results.stats.summary`, one row per run (all columns);
 - ``summary.md``: the per-setting table (mean over seeds) as markdown, for pasting;
 - ``<figure>.png`` / ``.svg``: the figures of :data:`results.plots.FIGURES`;
+- ``figures.json``: per figure, its legend entries (one per setting), panels and notes
+  (what it left out, which axes are logarithmic);
 - ``index.html``: self-contained (figures embedded as base64 PNG): the per-setting and
   per-run tables, a note listing runs that did not finish (with whether any of their rows
   are in the tables: a diverged run's are, a killed or failed one usually has none) and files
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results import stats
+from results import settings, stats
 from results.errors import ResultsWarning
 from results.load import load, runs
 
@@ -57,28 +59,38 @@ def _times(r: float) -> str:
     return (f"{f:.3g}" if f < 1000 else f"{f:,.0f}") + ("x less" if r >= 1 else "x more")
 
 
+ACC = "final test acc (mean ± 95% t-CI, n seeds)"
+
+
+def _acc_cell(m, c, n, dv, runs) -> str:
+    """``0.958 ± 0.004 (n=3)``; one seed: ``0.958 (n=1)``; all diverged: ``diverged``."""
+    if dv and dv == runs:
+        return "diverged"
+    cell = _num(m, ".3f") + ("" if pd.isna(c) else f" ± {c:.3f}") + f" (n={int(n)})"
+    return cell + (f" ({dv}/{runs} diverged)" if dv else "")
+
+
 def _table(summary_df: pd.DataFrame) -> pd.DataFrame:
-    """The per-setting table (mean over seeds) with every cell formatted as text."""
+    """The per-setting table (mean over seeds; every varying config key is a column) with
+    every cell formatted as text."""
     agg = stats.aggregate(summary_df)
     by = stats.setting_columns(summary_df)
     if BASELINE in set(summary_df["algorithm"].dropna()) and agg["algorithm"].nunique() > 1:
         on = [c for c in stats.MATCH_ON if c in agg.columns]
+        # and the system/data keys that vary (network, compute, ...), never the algorithm's own
+        on += [c for c in by if c.startswith("cfg.") and not c.startswith(("cfg.algorithm.", "cfg.topology."))]
         agg = stats.reduction_vs(agg, BASELINE, "total_bytes", on=on)
-    out = agg[by].astype(object).where(agg[by].notna(), "-").map(
-        lambda v: f"{v:g}" if isinstance(v, float) else str(v))
-    out.columns = [c.removeprefix("hp.") for c in by]
+    out = pd.DataFrame({settings.short(c): agg[c].map(settings.fmt) for c in by})
     out["runs"] = [f"{n}" + (f" ({d} damaged)" if d else "") for n, d in zip(agg["runs"], agg["damaged"])]
-    out["final test acc"] = [
-        "diverged" if dv and dv == n else
-        _num(m, ".3f") + ("" if pd.isna(c) else f" ± {c:.3f}") + (f" ({dv}/{n} diverged)" if dv else "")
-        for m, c, dv, n in zip(agg["final_test_acc"], agg["final_test_acc_ci"], agg["diverged"], agg["runs"])]
+    out[ACC] = [_acc_cell(*v) for v in zip(agg["final_test_acc"], agg["final_test_acc_ci"],
+                                          agg["final_test_acc_n"], agg["diverged"], agg["runs"])]
     out["total bytes"] = agg["total_bytes"].map(human_bytes)
     if "total_bytes_reduction" in agg:
         out[f"bytes vs {BASELINE}"] = [
             "baseline" if a == BASELINE else _times(r) for a, r in zip(agg["algorithm"], agg["total_bytes_reduction"])]
     out["time"] = agg["time_s"].map(lambda t: _num(t, ".4g", " s"))
     target = summary_df["target_acc"].iloc[0] if len(summary_df) else math.nan
-    out[f"time to {target:g} acc"] = [
+    out[f"time to {target:g} acc (interpolated)"] = [
         (f"never ({r}/{n})" if r == 0 else f"{_num(t, '.4g', ' s')} ({r}/{n})")
         for t, r, n in zip(agg["time_to_target_s"], agg["reached"].astype(int), agg["runs"])]
     return out.reset_index(drop=True)
@@ -110,7 +122,7 @@ th{background:#f2f2f2}.note{background:#fff4e5;border-left:4px solid #f90;paddin
 img{max-width:100%}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:0.5em;font-size:0.85em}"""
 
 
-def _html(root, summary_df, table, figures, fig_errors, run_list, problems, target_acc) -> str:
+def _html(root, summary_df, table, figures, fig_errors, run_list, problems, target_acc, meta=None) -> str:
     e = html.escape
     n, done = len(run_list), int((run_list["status"] == "finished").sum())
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Results: {e(str(root))}</title>",
@@ -136,12 +148,15 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
     if problems or fig_errors:
         items = "".join(f"<li>{e(p)}</li>" for p in [*problems, *fig_errors])
         parts.append(f"<div class='note'><b>Problems (skipped)</b><ul>{items}</ul></div>")
-    parts += ["<h2>Summary (mean over seeds)</h2>", table.to_html(index=False)]
+    parts += ["<h2>Summary (mean over seeds)</h2>", table.to_html(index=False),
+              _how_to_read(summary_df, stats.setting_columns(summary_df), target_acc)]
     parts.append("<h2>Figures</h2>")
     for name, png in figures.items():
         b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+        notes = (meta or {}).get(name, {}).get("notes", [])
+        said = "".join(f"<br><small>{e(n)}</small>" for n in notes)
         parts.append(f"<figure><img src=\"data:image/png;base64,{b64}\" alt='{e(name)}'>"
-                     f"<figcaption>{e(name)} (<a href='{e(name)}.svg'>SVG</a>)</figcaption></figure>")
+                     f"<figcaption>{e(name)} (<a href='{e(name)}.svg'>SVG</a>){said}</figcaption></figure>")
     cols = [c for c in summary_df.columns if not c.startswith("cfg.")]
     parts += ["<h2>Runs</h2>", summary_df[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")]
     parts.append("<h2>Run configs</h2>")
@@ -150,6 +165,32 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
         parts.append(f"<details><summary>{e(str(r.run_id))} ({e(str(r.status))})</summary><pre>{e(cfg)}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomic: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _how_to_read(summary_df: pd.DataFrame, by: list[str], target_acc: float) -> str:
+    """The paragraph under the summary table: what a row is and how each number was made."""
+    from results import settings, style
+
+    evals = sorted(set(summary_df["cfg.eval_every"].dropna())) if "cfg.eval_every" in summary_df else []
+    every = f" (every {', '.join(settings.fmt(v) for v in evals)} steps)" if evals else ""
+    backends = set(summary_df["backend"].astype(str))
+    clock = ("simulated seconds" if backends <= style.SIMULATED else "wall-clock seconds"
+             if not backends & style.SIMULATED else "simulated seconds for simpy/stacked runs, wall-clock for the others")
+    keys = ", ".join(settings.short(c) for c in by)
+    return (f"<p class='how'>One row per setting: the runs that share every config key that varies here "
+            f"({html.escape(keys)}); only seeds are averaged. <b>final test acc</b>: the consensus model (mean of the "
+            f"workers' models) at the last evaluation, mean over the n seeds ± the half-width of the 95% Student-t "
+            f"interval (none for n=1); diverged runs are left out and counted. <b>total bytes</b>: bytes sent, summed "
+            f"over workers, at the end (counters are cumulative). <b>time</b>: the run's clock at its end, in {clock}. "
+            f"<b>time to {target_acc:g} acc</b>: interpolated linearly between evaluations{every} (the last below "
+            f"and the first at or above the target), mean over the runs that reached it (k/n). See docs/results.md.</p>")
 
 
 def _rows_note(run_id, summary_df) -> str:
@@ -178,7 +219,7 @@ def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os
     s.to_csv(out / "summary.csv", index=False)
     table = _table(s)
     (out / "summary.md").write_text(f"Target accuracy: {target_acc:g}\n\n" + _markdown(table), encoding="utf-8")
-    figures, fig_errors = {}, []
+    figures, fig_errors, meta = {}, [], {}
     for name, (fn, kind) in plots.FIGURES.items():
         try:
             fig = fn(s if kind == "summary" else df)
@@ -188,6 +229,8 @@ def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os
             continue
         if fig is not None:
             figures[name] = plots.save(fig, out / name)[0]
-    page = _html(root, s, table, figures, fig_errors, runs(root), problems, target_acc)
+            meta[name] = getattr(fig, "harness", {"legend": [], "notes": [], "panels": []})
+    _write_json(out / "figures.json", meta)
+    page = _html(root, s, table, figures, fig_errors, runs(root), problems, target_acc, meta)
     (out / "index.html").write_text(page, encoding="utf-8")
     return out

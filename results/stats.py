@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from results import settings
 from results.errors import ResultsError
 from results.schema import CONSENSUS, HP_PREFIX
 
@@ -55,21 +56,21 @@ def summary(df: pd.DataFrame, target_acc: float = 0.9) -> pd.DataFrame:
     of the last consensus row, summed over workers), ``bytes_per_worker, total_messages,
     time_s`` (clock of the last consensus row: simulated or wall, see ``backend``),
     ``rounds, target_acc, reached, time_to_target_s, bytes_to_target, rounds_to_target``,
-    then the run's ``hp.*`` and ``cfg.*`` columns. "To target" is the *first recorded*
-    consensus row with ``test_acc >= target_acc`` (no interpolation between records);
-    a run that never gets there has ``reached=False`` and NaN to-target values. A run
-    without consensus rows keeps its row with NaN metrics.
+    then the run's ``hp.*`` and ``cfg.*`` columns. "To target" is *interpolated linearly
+    between evaluations*: with the first evaluation at or above ``target_acc`` at ``(t1, a1)``
+    and the one before it at ``(t0, a0)``, ``t = t0 + (target - a0) / (a1 - a0) * (t1 - t0)``,
+    and the same fraction for bytes and rounds (so ``rounds_to_target`` may be fractional;
+    a run at or above target at its first evaluation takes that evaluation's values).
+    Snapping to the first evaluation instead would give every run that crosses between two
+    evaluations the same time. A run that never gets there has ``reached=False`` and NaN
+    to-target values. A run without consensus rows keeps its row with NaN metrics.
     """
     extra = [c for c in df.columns if c == "status" or c.startswith((HP_PREFIX, "cfg."))]
     first = df.groupby("run_id", sort=False).head(1)[[*IDENTITY, *extra]]
     last = final_metrics(df)[["run_id", "test_acc", "test_loss", "bytes_sent", "messages", "time_s", "round"]]
     last = last.rename(columns={"test_acc": "final_test_acc", "test_loss": "final_test_loss",
                                 "bytes_sent": "total_bytes", "messages": "total_messages", "round": "rounds"})
-    cons = consensus(df)
-    hit = cons[cons["test_acc"] >= target_acc].groupby("run_id", sort=False).head(1)
-    hit = hit[["run_id", "time_s", "bytes_sent", "round"]].rename(columns={
-        "time_s": "time_to_target_s", "bytes_sent": "bytes_to_target", "round": "rounds_to_target"})
-    hit.insert(1, "reached", True)
+    hit = to_target(df, target_acc)
     out = first.merge(last, on="run_id", how="left").merge(hit, on="run_id", how="left")
     out["reached"] = out["reached"].astype("boolean").fillna(False).astype(bool)
     out["bytes_per_worker"] = out["total_bytes"] / out["n_workers"]
@@ -85,6 +86,27 @@ def summary(df: pd.DataFrame, target_acc: float = 0.9) -> pd.DataFrame:
             "total_bytes", "bytes_per_worker", "total_messages", "time_s", "rounds", "target_acc",
             "reached", "time_to_target_s", "bytes_to_target", "rounds_to_target"]
     return out[cols + [c for c in extra if c != "status"]].reset_index(drop=True)
+
+
+def to_target(df: pd.DataFrame, target_acc: float) -> pd.DataFrame:
+    """Per run that reaches ``target_acc``: ``run_id, reached, time_to_target_s,
+    bytes_to_target, rounds_to_target``, interpolated linearly between the last evaluation
+    below the target and the first at or above it (see :func:`summary`)."""
+    cons = consensus(df).dropna(subset=["test_acc"]).reset_index(drop=True)
+    cols = {"time_s": "time_to_target_s", "bytes_sent": "bytes_to_target", "round": "rounds_to_target"}
+    prev = cons.groupby("run_id", sort=False)[["test_acc", *cols]].shift(1)
+    hit = cons[cons["test_acc"] >= target_acc].groupby("run_id", sort=False).head(1)
+    before = prev.loc[hit.index]
+    num = lambda s: s.to_numpy(dtype=float, na_value=np.nan)  # noqa: E731 (Int64 rounds, NA first rows)
+    a0, a1 = num(before["test_acc"]), num(hit["test_acc"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(np.isnan(a0), 1.0, (target_acc - a0) / (a1 - a0))
+    out = pd.DataFrame({"run_id": hit["run_id"].to_numpy(), "reached": True})
+    for c, name in cols.items():
+        x1 = num(hit[c])
+        x0 = np.where(np.isnan(a0), x1, num(before[c]))
+        out[name] = x0 + frac * (x1 - x0)
+    return out
 
 
 def mean_ci(df: pd.DataFrame, value: str, by: str | Iterable[str], level: float = 0.95) -> pd.DataFrame:
@@ -164,24 +186,20 @@ def time_split(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def setting_columns(s: pd.DataFrame, always: Iterable[str] = ("algorithm", "partition")) -> list[str]:
-    """Columns of a :func:`summary` that tell settings apart: ``always`` plus those of
-    ``task, topology, n_workers, backend`` that take more than one value, and the
-    ``hp.*`` columns that take more than one value within some algorithm."""
-    cand = ["task", "algorithm", "partition", "topology", "n_workers", "backend"]
-    out = [c for c in cand if c in s.columns and (c in always or s[c].nunique(dropna=False) > 1)]
-    # an hp.* column counts only if it varies *within* an algorithm (others' runs lack it)
-    hps = [c for c in s.columns if c.startswith(HP_PREFIX)]
-    by_algo = s.groupby("algorithm", dropna=False)
-    return out + [c for c in hps if (by_algo[c].nunique(dropna=False) > 1).any()]
+    """Columns of a :func:`summary` (or table) that tell settings apart: every identity,
+    ``hp.*`` and ``cfg.*`` column that varies across the runs except the seed, plus
+    ``always`` (rules: :mod:`results.settings`)."""
+    return settings.varying(s, always)
 
 
 def aggregate(s: pd.DataFrame, by: Iterable[str] | None = None, level: float = 0.95) -> pd.DataFrame:
     """Mean over seeds of a :func:`summary`, one row per setting (default
-    :func:`setting_columns`): ``runs, reached`` (count), ``final_test_acc`` with
-    ``final_test_acc_ci`` (t half-width), ``total_bytes, bytes_per_worker, time_s`` means
-    and ``time_to_target_s, bytes_to_target`` means over the runs that reached it; counts of
-    ``diverged`` runs (left out of the accuracy mean) and of ``damaged`` ones (unreadable
-    run.json: included, but flagged)."""
+    :func:`setting_columns`: seeds are the only thing averaged): ``runs, reached`` (count),
+    ``final_test_acc`` with ``final_test_acc_n`` (the seeds it averages: diverged runs are
+    left out) and ``final_test_acc_ci`` (half-width of the ``level`` Student-t interval over
+    those seeds; NaN for one seed), ``total_bytes, bytes_per_worker, time_s`` means and
+    ``time_to_target_s, bytes_to_target`` means over the runs that reached it; counts of
+    ``diverged`` runs and of ``damaged`` ones (unreadable run.json: included, but flagged)."""
     by = setting_columns(s) if by is None else _list(by)
     s = s.assign(diverged=s["diverged"] if "diverged" in s else False,
                  damaged=s["status"].astype(object).fillna("").eq("damaged") if "status" in s else False)
@@ -191,9 +209,8 @@ def aggregate(s: pd.DataFrame, by: Iterable[str] | None = None, level: float = 0
                 total_bytes=("total_bytes", "mean"), bytes_per_worker=("bytes_per_worker", "mean"),
                 time_s=("time_s", "mean"), time_to_target_s=("time_to_target_s", "mean"),
                 bytes_to_target=("bytes_to_target", "mean")).reset_index()
-    ci = mean_ci(s, "final_test_acc", by, level)[[*by, "mean", "ci_half"]]
-    ci = ci.rename(columns={"mean": "final_test_acc", "ci_half": "final_test_acc_ci"})
+    ci = mean_ci(s, "final_test_acc", by, level)[[*by, "n", "mean", "ci_half"]]
+    ci = ci.rename(columns={"mean": "final_test_acc", "ci_half": "final_test_acc_ci", "n": "final_test_acc_n"})
     out = out.merge(ci, on=by, how="left")
-    first = [*by, "runs", "reached", "final_test_acc", "final_test_acc_ci"]
+    first = [*by, "runs", "reached", "final_test_acc", "final_test_acc_ci", "final_test_acc_n"]
     return out[first + [c for c in out.columns if c not in first]]
-
