@@ -13,7 +13,9 @@ Each repetition, back to back (so that both see the same machine load):
 3. ``harness predict`` with both fragments: each real run replayed on simpy.
 
 Prints every repetition's table, then per algorithm and fragment the median measured and
-predicted time per step and the median and range of the relative error. Finally, a known
+predicted time per step, the median and range of the relative error, and the load drift
+(the real launch's sync SGD step over the calibration job's: the same config, so any
+difference is the machine's speed changing between launches). Finally, a known
 straggler: a calibration with worker 2 sleeping ``--sleep-ms`` per step (``slowdown:``)
 and the factor and median step the fit finds for it.
 """
@@ -57,6 +59,13 @@ def repetition(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "predict" / "predict.csv")
 
 
+def _drift(table: pd.DataFrame, fit: dict) -> float:
+    """Measured sync SGD step of the real launch over that of the calibration job: how much
+    the machine's speed changed between the two (1 = not at all)."""
+    sync = table[(table.algorithm == "sync_sgd") & (table.calibration == "calibration")]
+    return float(sync.measured_step_ms.iloc[0] / 1e3 / fit["insitu"]["measured_step_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=3)
@@ -70,12 +79,15 @@ def main() -> None:
         fit = json.loads((out / f"rep{r}" / "calibration.json").read_text())
         print(f"\n# repetition {r}: fitted {fit['fragment']}; in situ {fit.get('insitu')}")
         print(t[["calibration", "algorithm", "measured_step_ms", "predicted_step_ms", "error"]].to_string(index=False))
-        tables.append(t)
+        drift = _drift(t, fit)
+        print(f"load drift: sync SGD step {drift:.2f}x the calibration job's (same config, launched a minute apart)")
+        tables.append(t.assign(drift=drift))
     df = pd.concat(tables)
     g = df.groupby(["calibration", "algorithm"], sort=False)
     summary = g.agg(measured_step_ms=("measured_step_ms", "median"), predicted_step_ms=("predicted_step_ms", "median"),
                     error_median=("error", "median"), error_min=("error", "min"), error_max=("error", "max"),
-                    wait_measured=("measured_wait_share", "median"), wait_predicted=("predicted_wait_share", "median"))
+                    wait_measured=("measured_wait_share", "median"), wait_predicted=("predicted_wait_share", "median"),
+                    drift=("drift", "median"))
     print(f"\n# medians over {a.reps} repetitions (error = predicted / measured - 1)")
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
     # a known straggler: worker 2 sleeps a constant time after every gradient

@@ -95,20 +95,25 @@ def predict(runs: Path, calibrations: list[Path], out: Path) -> pd.DataFrame:
 
 
 def _figure(table: pd.DataFrame, path: Path) -> None:
+    """One panel per calibration: measured and predicted time per step, error on top."""
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    table = table.assign(algorithm=table.algorithm + (" / " + table.calibration if table.calibration.nunique() > 1 else ""))
-    long = table.melt(id_vars=["algorithm"], value_vars=["measured_step_ms", "predicted_step_ms"],
+    labels = list(dict.fromkeys(table.calibration))
+    fig = Figure(figsize=(1.2 + 1.3 * table.algorithm.nunique() * len(labels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(labels), sharey=True, squeeze=False)[0]
+    for ax, label in zip(axes, labels):
+        t = table[table.calibration == label].reset_index(drop=True)
+        long = t.melt(id_vars=["algorithm"], value_vars=["measured_step_ms", "predicted_step_ms"],
                       var_name="kind", value_name="ms per step")
-    long["kind"] = long.kind.str.replace("_step_ms", "")
-    fig = Figure(figsize=(max(7, 1.4 * len(table)), 3.8), layout="constrained")
-    ax = fig.add_subplot()
-    sns.barplot(long, x="algorithm", y="ms per step", hue="kind", ax=ax)
-    for i, e in enumerate(table.error):
-        top = max(table.measured_step_ms.iloc[i], table.predicted_step_ms.iloc[i])
-        ax.annotate(f"{e:+.0%}", (i, top), ha="center", va="bottom")
-    ax.set_title("Calibrated simulator: predicted vs measured time per step")
+        long["kind"] = long.kind.str.replace("_step_ms", "")
+        sns.barplot(long, x="algorithm", y="ms per step", hue="kind", ax=ax, legend=ax is axes[0])
+        for k, row in t.iterrows():
+            ax.annotate(f"{row.error:+.0%}", (k, max(row.measured_step_ms, row.predicted_step_ms)),
+                        ha="center", va="bottom")
+        ax.set_title(label)
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.suptitle("Calibrated simulator: predicted vs measured time per step")
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     tmp.replace(path)
