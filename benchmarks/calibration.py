@@ -7,10 +7,11 @@ Each repetition, back to back (so that both see the same machine load):
 1. ``mpiexec -n 4 harness calibrate presets/calibrate-mpi.yaml --backend mpi`` (case 0,
    sync SGD): compute and communication measured, fitted, written as two fragments:
    ``calibration`` (alpha-beta from the op timings) and ``calibration-insitu`` (the latency
-   also carries the measured job's synchronisation delay: the contention term);
+   also carries the measured job's synchronisation delay: the contention term), and
+   ``calibration-trace`` (the measured compute times replayed in order, with its own delay);
 2. ``mpiexec -n 4 harness run presets/calibrate-mpi.yaml --backend mpi --force``: sync SGD,
    Local SGD (H=8), D-PSGD (ring), async SGD (1 server + 3 workers);
-3. ``harness predict`` with both fragments: each real run replayed on simpy.
+3. ``harness predict`` with the three fragments: each real run replayed on simpy.
 
 Prints every repetition's table, then per algorithm and fragment the median measured and
 predicted time per step, the median and range of the relative error, and the load drift
@@ -55,7 +56,8 @@ def repetition(out: Path) -> pd.DataFrame:
     _run(_mpi("calibrate", PRESET, "--backend", "mpi", "--out", out))
     _run(_mpi("run", PRESET, "--backend", "mpi", "--out", out / "real", "--force", "--quiet"))
     _run([sys.executable, "-m", "harness.cli", "predict", out / "real", "--calibration", out / "calibration.yaml",
-          "--calibration", out / "calibration-insitu.yaml", "--out", out / "predict"])
+          "--calibration", out / "calibration-insitu.yaml", "--calibration", out / "calibration-trace.yaml",
+          "--out", out / "predict"])
     return pd.read_csv(out / "predict" / "predict.csv")
 
 

@@ -161,11 +161,15 @@ def test_calibrate_on_4_mpi_ranks_writes_a_fragment_that_loads_and_predicts(tmp_
            "--out", str(out), "--sizes", "64,65536", "--reps", "3"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    for name in ("calibration.yaml", "calibration-insitu.yaml"):
+    for name in ("calibration.yaml", "calibration-insitu.yaml", "calibration-trace.yaml"):
         frag = yaml.safe_load((out / name).read_text())
         assert set(frag) == {"compute", "network"}
         merged = resolve(deep_merge(yaml.safe_load(cfg.read_text()), frag))
-        assert len(merged.compute.worker_factors) == 4 and merged.network.latency_s >= 0 and merged.network.sync_delay_s >= 0
+        assert merged.network.latency_s >= 0 and merged.network.sync_delay_s >= 0
+        if name == "calibration-trace.yaml":  # the measured steps, replayed: 17 per worker
+            assert merged.compute.model == "trace" and len(pd.read_csv(merged.compute.trace)) == 4 * 17
+        else:
+            assert len(merged.compute.worker_factors) == 4
     info = json.loads((out / "calibration.json").read_text())
     assert info["ranks"] == 4 and info["compute"]["samples"] == 4 * (20 - 3)
     comm = pd.read_csv(out / "comm.csv")

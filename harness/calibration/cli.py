@@ -9,7 +9,9 @@
 algorithm such as ``sync_sgd``), then writes to DIR (default ``runs/calibration``):
 ``calibration.yaml`` (the ``compute:`` / ``network:`` fragment, goodness of fit as comments;
 for ``sync_sgd`` also ``calibration-insitu.yaml``, with the job's own synchronisation delay
-as ``network.sync_delay_s``, see :func:`harness.calibration.fit.insitu_delay`),
+as ``network.sync_delay_s``, see :func:`harness.calibration.fit.insitu_delay`, and
+``calibration-trace.yaml``: ``compute: {model: trace}`` replaying ``compute.csv``, the
+measured steps in their order, with its own delay),
 ``calibration.json`` (the fit in full), ``compute.csv`` (``worker, step, seconds``) and
 ``comm.csv`` (every timed op), and the measured job under ``DIR/job``.
 ``predict`` is :mod:`harness.calibration.predict`.
@@ -96,9 +98,14 @@ def cmd_calibrate(a) -> int:
             "hosts": hosts, "steps": cfg.steps, "compute": cg, "network": ng,
             "fragment": {"compute": compute, "network": network}}
     if cfg.algorithm["name"] == "sync_sgd":  # one all-reduce of the model per step: the contention term
-        insitu, info["insitu"] = fit.insitu_delay(network, compute, float(fit.step_times(metrics, a.warmup).mean()),
-                                                  cfg.n_workers, _model_bytes(cfg), cfg.seed)
+        step_s, nbytes = float(fit.step_times(metrics, a.warmup).mean()), _model_bytes(cfg)
+        insitu, info["insitu"] = fit.insitu_delay(network, compute, step_s, cfg.n_workers, nbytes, cfg.seed)
+        info["insitu"]["measured_max_compute_s"] = fit.trace_max(steps)
         io.atomic_text(out / "calibration-insitu.yaml", io.fragment_text(compute, insitu, info, info["insitu"]))
+        # the measured per-worker step times replayed as they came (model: trace), with its own delay
+        trace = {"model": "trace", "trace": str((out / "compute.csv").resolve())}
+        t_net, info["trace"] = fit.insitu_delay(network, trace, step_s, cfg.n_workers, nbytes, e_max=fit.trace_max(steps))
+        io.atomic_text(out / "calibration-trace.yaml", io.fragment_text(trace, t_net, info, info["trace"]))
     io.atomic_text(out / "compute.csv", steps.to_csv(index=False))
     io.atomic_text(out / "comm.csv", comm.to_csv(index=False))
     write_json(info, out / "calibration.json")

@@ -149,8 +149,21 @@ def step_times(metrics: pd.DataFrame, warmup: int = 3) -> np.ndarray:
     return w.groupby("step").dt.mean().to_numpy()
 
 
+def expected_max(compute: dict, n: int, seed: int = 0, draws: int = 4000) -> float:
+    """``E[max of n workers' compute draws]`` per step under a ``compute:`` section (Monte Carlo)."""
+    from simulators.compute import ComputeSpec, ComputeTimes
+
+    times = ComputeTimes(ComputeSpec(**compute), n, seed)
+    return float(np.mean([max(times.sample(i) for i in range(n)) for _ in range(max(1, draws // n))]))
+
+
+def trace_max(samples: pd.DataFrame) -> float:
+    """The measured counterpart: the mean over steps of the slowest worker's compute time."""
+    return float(samples.groupby("step").seconds.max().mean())
+
+
 def insitu_delay(network: dict, compute: dict, measured_step_s: float, n: int, nbytes: float,
-                 seed: int = 0, draws: int = 4000) -> tuple[dict, dict]:
+                 seed: int = 0, draws: int = 4000, e_max: float | None = None) -> tuple[dict, dict]:
     """A network section with the job's synchronisation delay as ``sync_delay_s``.
 
     For a job of one all-reduce of ``nbytes`` per step (``sync_sgd``) the simulator's step is
@@ -158,13 +171,11 @@ def insitu_delay(network: dict, compute: dict, measured_step_s: float, n: int, n
     (ranks sharing cores wait for the scheduler, not for the wire), the difference is the
     delay that :mod:`harness.cost` then adds once to every communication op (a message, a
     gossip exchange, a collective), so that a replay of this job takes its measured time.
-    Returns ``(network section, what was found)``."""
+    ``e_max``: that expectation if known (a replayed trace: :func:`trace_max`), else drawn
+    from ``compute``. Returns ``(network section, what was found)``."""
     from harness.cost import NetworkSpec
-    from simulators.compute import ComputeSpec, ComputeTimes
 
-    times = ComputeTimes(ComputeSpec(**compute), n, seed)
-    steps = max(1, draws // n)
-    e_max = float(np.mean([max(times.sample(i) for i in range(n)) for _ in range(steps)]))
+    e_max = expected_max(compute, n, seed, draws) if e_max is None else e_max
     cost = NetworkSpec(**{**network, "sync_delay_s": 0.0}).allreduce_cost(nbytes, list(range(n))).seconds
     delay = max(0.0, measured_step_s - e_max - cost)
     found = {"measured_step_s": measured_step_s, "expected_max_compute_s": e_max, "allreduce_model_s": cost,
