@@ -16,7 +16,7 @@ report's ``target_acc``, and columns that merely re-label a column already kept
 (``cfg.topology.name`` is ``topology``, ``cfg.algorithm.period`` is ``hp.period``).
 
 :func:`labels` names each run's setting from the keys that matter: ``"dpsgd · network.latency_s=0.01"``
-(the algorithm bare, then ``key=value`` for each other key that splits the runs further; ``cfg.``
+(the algorithm bare, always, then ``key=value`` for each other key that splits the runs further; ``cfg.``
 and ``hp.`` prefixes dropped). Never a hash.
 """
 from __future__ import annotations
@@ -116,7 +116,8 @@ def labels(frame: pd.DataFrame, leave_out: Iterable[str] = ("task",), cols: list
     s = per_run(frame)
     cols = varying(s) if cols is None else cols
     cols = ["algorithm", *(c for c in cols if c != "algorithm" and c not in set(leave_out))]
-    cols = informative(s, [c for c in cols if c in s.columns])
+    rest = informative(s, [c for c in cols if c in s.columns])
+    cols = ["algorithm", *(c for c in rest if c != "algorithm")] if "algorithm" in s else rest
     out = {}
     for _, r in s.iterrows():
         parts = [fmt(r["algorithm"])] if "algorithm" in cols else []
