@@ -68,30 +68,45 @@ def _drift(table: pd.DataFrame, fit: dict) -> float:
     return float(sync.measured_step_ms.iloc[0] / 1e3 / fit["insitu"]["measured_step_s"])
 
 
+def summarise(out: Path) -> pd.DataFrame:
+    """Every repetition under ``out`` (``rep*/``), with its load drift and the drift-adjusted
+    error ``predicted * drift / measured - 1``: the prediction scaled by how much slower the
+    machine was during the real launch than during the calibration (measured by sync SGD,
+    the same config in both), which leaves the model's own error."""
+    tables = []
+    for rep in sorted(out.glob("rep*")):
+        t = pd.read_csv(rep / "predict" / "predict.csv")
+        drift = _drift(t, json.loads((rep / "calibration.json").read_text()))
+        tables.append(t.assign(rep=rep.name, drift=drift, adjusted=(1 + t.error) * drift - 1))
+    return pd.concat(tables)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="/tmp/calibration-bench")
     ap.add_argument("--sleep-ms", type=float, default=3.0, help="the injected straggler's sleep per step")
+    ap.add_argument("--summarise", action="store_true", help="only summarise the repetitions already in --out")
     a = ap.parse_args()
     out = Path(a.out)
-    tables = []
-    for r in range(a.reps):
+    for r in range(0 if a.summarise else a.reps):
         t = repetition(out / f"rep{r}").assign(rep=r)
         fit = json.loads((out / f"rep{r}" / "calibration.json").read_text())
         print(f"\n# repetition {r}: fitted {fit['fragment']}; in situ {fit.get('insitu')}")
         print(t[["calibration", "algorithm", "measured_step_ms", "predicted_step_ms", "error"]].to_string(index=False))
-        drift = _drift(t, fit)
-        print(f"load drift: sync SGD step {drift:.2f}x the calibration job's (same config, launched a minute apart)")
-        tables.append(t.assign(drift=drift))
-    df = pd.concat(tables)
+        print(f"load drift: sync SGD step {_drift(t, fit):.2f}x the calibration job's (same config, a minute apart)")
+    df = summarise(out)
+    reps = df.rep.nunique()
     g = df.groupby(["calibration", "algorithm"], sort=False)
     summary = g.agg(measured_step_ms=("measured_step_ms", "median"), predicted_step_ms=("predicted_step_ms", "median"),
                     error_median=("error", "median"), error_min=("error", "min"), error_max=("error", "max"),
                     wait_measured=("measured_wait_share", "median"), wait_predicted=("predicted_wait_share", "median"),
-                    drift=("drift", "median"))
-    print(f"\n# medians over {a.reps} repetitions (error = predicted / measured - 1)")
+                    adjusted_median=("adjusted", "median"), adjusted_min=("adjusted", "min"),
+                    adjusted_max=("adjusted", "max"), drift=("drift", "median"))
+    print(f"\n# medians over {reps} repetitions (error = predicted / measured - 1; adjusted: for the load drift)")
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    if a.summarise:
+        return
     # a known straggler: worker 2 sleeps a constant time after every gradient
     s = out / "straggler"
     _run(_mpi("calibrate", PRESET, "--backend", "mpi", "--out", s, "--set",
