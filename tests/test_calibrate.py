@@ -184,3 +184,18 @@ def test_calibrate_on_4_mpi_ranks_writes_a_fragment_that_loads_and_predicts(tmp_
     assert (table.measured_s > 0).all() and (table.predicted_s > 0).all()
     np.testing.assert_allclose(table.error, table.predicted_s / table.measured_s - 1)
     assert (out / "job" / "predict" / "predict.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["calibrate", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--only", "3"],
+     "--only 3: calibrate on a lock-step algorithm (every rank a worker), such as sync_sgd; 'async_sgd' has a server rank"),
+    (["calibrate", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--sizes", "1,x"],
+     "--sizes 1,x: expected payload sizes in bytes (>= 4), comma separated"),
+    (["predict", "no/such/dir", "--calibration", "c.yaml"], "RUNS: 'no/such/dir' is not a directory of runs"),
+])
+def test_bad_calibrate_and_predict_input_is_one_line(argv, line, capsys, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"harness: error: {line}\n"

@@ -106,7 +106,13 @@ def measure(cfg, out: Path, transport_cls, sizes=SIZES, reps: int = 20):
     from harness.backends.runner import run_rank
     from results.store import METRICS
 
+    from harness.config import ConfigError
+
     tr = transport_cls()
+    if tr.size != cfg.n_workers:  # before timing anything: every rank sees it, rank 0 says it
+        launch = {"mpi": f"mpiexec -n {cfg.n_workers}", "torch": f"torchrun --nproc-per-node {cfg.n_workers}"}
+        raise ConfigError(f"n_workers: the calibration job has {cfg.n_workers} workers but {tr.size} rank(s) were "
+                          f"started; launch with `{launch[cfg.backend]} harness calibrate ...` or --set n_workers={tr.size}")
     comm = measure_comm(tr, sizes, reps)
     run_dir, _ = run_rank(cfg, out, lambda: tr, force=True)  # closes tr
     if comm is None:
