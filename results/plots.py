@@ -94,8 +94,11 @@ def accuracy_vs_bytes(df: pd.DataFrame) -> Figure | None:
     """Consensus test accuracy against bytes sent per worker (log x), one line per run."""
     d, meta = _curves(df)
     d = d.assign(bytes_per_worker=d["bytes_sent"] / d["n_workers"])
-    return _lines(d, meta, "bytes_per_worker", "test_acc", "Accuracy vs communication", logx=True,
-                  xlabel="bytes sent per worker (cumulative)", ylabel="test accuracy (consensus model)")
+    fig = _lines(d, meta, "bytes_per_worker", "test_acc", "Accuracy vs communication", logx=True,
+                 xlabel="bytes sent per worker (cumulative)", ylabel="test accuracy (consensus model)")
+    if fig is not None and (d["bytes_sent"] <= 0).any():
+        fig.harness["notes"].append("evaluations before any byte was sent (step 0) are not on the log x axis")
+    return fig
 
 
 def accuracy_vs_time(df: pd.DataFrame) -> Figure | None:
@@ -249,7 +252,7 @@ def time_split_bars(df: pd.DataFrame, max_panels: int = 12) -> Figure | None:
             vals = sub[col].fillna(0).to_numpy()
             ax.bar(sub["worker"], vals, bottom=bottom, color=c, label=col.removesuffix("_s"), width=0.85)
             bottom = bottom + vals
-        ax.set(title=s, xlabel="worker", ylabel="seconds")
+        ax.set(title=s, xlabel="worker", ylabel=style.time_label(meta.loc[meta["label"] == s]).replace("time ", "", 1))
         ax.title.set_fontsize(9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.harness["panels"].append(s)
