@@ -82,6 +82,8 @@ def _lines(d: pd.DataFrame, meta: pd.DataFrame, x: str, y: str, title: str, *, l
         if style.log_if_wide(ax, sub[y]):
             fig.harness["notes"].append(f"{ax.get_title()}: log y axis (values span more than "
                                         f"{style.DECADES:g} decades)")
+    if meta["label"].duplicated().any():
+        fig.harness["notes"].append("one line per run: the seeds of a setting share its colour and style")
     style.legend(fig, meta, shown, extra=[style.DIVERGED_HANDLE] if diverged else [], undrawn=undrawn)
     return fig
 
@@ -186,6 +188,8 @@ def loss_curves(df: pd.DataFrame) -> Figure | None:
         fig.harness["panels"].append(ax.get_title())
         if style.log_if_wide(ax, sub["loss"]):
             fig.harness["notes"].append(f"{ax.get_title()}: log y axis (values span decades)")
+    if meta["label"].duplicated().any():
+        fig.harness["notes"].append("lines: mean over the seeds of a setting; bands: +-1 standard deviation")
     style.legend(fig, meta, shown, extra=[style.DIVERGED_HANDLE] if diverged else [])
     return fig
 

@@ -142,3 +142,14 @@ def test_time_to_target_is_interpolated_so_partitions_do_not_tie(tmp_path):
     page = _how_to_read(s.reset_index(), stats.setting_columns(s), 0.9)  # the text under the report's table
     assert "interpolated linearly between evaluations" in page and "95% Student-t" in page
     assert "2.2 s (1/1)" in format_summary(s.reset_index())
+
+
+def test_tables_written_before_dist_to_mean_still_load_and_plot(tmp_path):
+    # the new column is optional: older runs load with it NaN and the figure falls back to eval rows
+    make_run(tmp_path, "old", accs=[0.5, 0.8, 0.9])
+    path = tmp_path / "old" / "metrics.parquet"
+    pd.read_parquet(path).drop(columns=["dist_to_mean"]).to_parquet(path)
+    df = results.load(tmp_path)
+    assert df.attrs["problems"] == [] and df["dist_to_mean"].isna().all()
+    fig = plots.consensus_distance(df)
+    assert "evaluation steps only" in " ".join(fig.harness["notes"])
