@@ -12,12 +12,14 @@ resolved config that varies across the runs, except the seed:
 - every other ``cfg.*`` column: when it takes more than one value (missing counts as one).
 
 Left out: seeds (``seed``, ``cfg.seed``, any ``*.seed``), ``run_id``, the config's ``name``, the
-report's ``target_acc``, and columns that merely re-label a column already kept
-(``cfg.topology.name`` is ``topology``, ``cfg.algorithm.period`` is ``hp.period``).
+report's ``target_acc``, cfg keys that repeat an identity or ``hp.*`` column
+(``cfg.topology.name`` is ``topology``, ``cfg.algorithm.period`` is ``hp.period``) and exact
+copies of a column already kept. A key that differs only between algorithms (``lr`` 0.1 for
+one, 0.05 for another) is kept: a reader must see it.
 
 :func:`labels` names each run's setting from the keys that matter: ``"dpsgd · network.latency_s=0.01"``
-(the algorithm bare, always, then ``key=value`` for each other key that splits the runs further; ``cfg.``
-and ``hp.`` prefixes dropped). Never a hash.
+(the algorithm bare, always, then ``key=value`` for each other key that splits the runs further,
+except where the run has no value for it; ``cfg.`` and ``hp.`` prefixes dropped). Never a hash.
 """
 from __future__ import annotations
 
@@ -53,12 +55,6 @@ def _key(v: object) -> object:
     return "<missing>" if v is None or (not isinstance(v, (list, dict)) and pd.isna(v)) else str(v)
 
 
-def _relabels(s: pd.DataFrame, a: str, b: str) -> bool:
-    """Is column ``b`` a one-to-one relabelling of column ``a`` over the runs ``s``?"""
-    pairs = set(zip(s[a].map(_key), s[b].map(_key)))
-    return len({p[0] for p in pairs}) == len(pairs) == len({p[1] for p in pairs})
-
-
 def varying(frame: pd.DataFrame, always: Iterable[str] = ALWAYS) -> list[str]:
     """Columns (of a summary or a table) whose values tell the runs' settings apart, in
     display order: identity columns, then ``hp.*``, then the other ``cfg.*`` (see the module)."""
@@ -79,8 +75,8 @@ def varying(frame: pd.DataFrame, always: Iterable[str] = ALWAYS) -> list[str]:
             out.append(c)
     out += [c for c in other if keys[c].nunique() > 1]
     kept: list[str] = []
-    for c in out:  # drop re-labellings of a column already kept (never the `always` ones)
-        if c in always or not any(_relabels(s, k, c) for k in kept):
+    for c in out:  # drop exact copies of a column already kept (never the `always` ones)
+        if c in always or not any(keys[k].equals(keys[c]) for k in kept):
             kept.append(c)
     return kept
 
@@ -121,6 +117,6 @@ def labels(frame: pd.DataFrame, leave_out: Iterable[str] = ("task",), cols: list
     out = {}
     for _, r in s.iterrows():
         parts = [fmt(r["algorithm"])] if "algorithm" in cols else []
-        parts += [f"{short(c)}={fmt(r[c])}" for c in cols if c != "algorithm"]
+        parts += [f"{short(c)}={fmt(r[c])}" for c in cols if c != "algorithm" and fmt(r[c]) != "-"]
         out[r["run_id"]] = SEP.join(parts) or "all runs"
     return pd.Series(out, name="label", dtype=object)

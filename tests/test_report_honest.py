@@ -153,3 +153,12 @@ def test_tables_written_before_dist_to_mean_still_load_and_plot(tmp_path):
     assert df.attrs["problems"] == [] and df["dist_to_mean"].isna().all()
     fig = plots.consensus_distance(df)
     assert "evaluation steps only" in " ".join(fig.harness["notes"])
+
+
+def test_a_key_that_differs_between_algorithms_is_a_column_and_missing_keys_stay_out_of_labels(tmp_path):
+    make_run(tmp_path, "s", algorithm="sync_sgd", hp={"lr": 0.1})
+    for p in (4, 8):
+        make_run(tmp_path, f"l{p}", algorithm="local_sgd", hp={"lr": 0.05, "period": p})
+    s = stats.summary(results.load(tmp_path), 0.9)
+    assert stats.setting_columns(s) == ["algorithm", "partition", "hp.lr", "hp.period"]
+    assert sorted(settings.labels(s)) == ["local_sgd · period=4", "local_sgd · period=8", "sync_sgd"]
