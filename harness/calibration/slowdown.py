@@ -23,8 +23,8 @@ class SlowdownSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     workers: list[int] = Field(..., min_length=1, description="worker indices that sleep after every Grad")
     model: Literal["constant", "exponential", "lognormal", "uniform"] = "constant"
-    mean_s: float = Field(..., ge=0, description="mean sleep per Grad (seconds)")
-    sigma: float = Field(0.5, ge=0, description="lognormal shape")
+    mean_s: float = Field(..., ge=0, allow_inf_nan=False, description="mean sleep per Grad (seconds)")
+    sigma: float = Field(0.5, ge=0, allow_inf_nan=False, description="lognormal shape")
 
     def check_workers(self, n: int) -> None:
         bad = [w for w in self.workers if not 0 <= w < n]
