@@ -23,20 +23,34 @@ from pathlib import Path
 
 
 def _parser():
-    from harness.cli import _Parser
+    from harness.cli import _examples, _Help, _Parser
 
-    p = _Parser(prog="harness", description="calibrate the simulators from a real run; predict real runs")
+    p = _Parser(prog="harness", formatter_class=_Help,
+                description="calibrate the simulators from a real run; predict real runs")
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("calibrate", help="measure compute and communication on a real launch; fit compute: and network:")
-    c.add_argument("config")
-    c.add_argument("--backend", choices=("mpi", "torch"), required=True)
-    c.add_argument("--out", default="runs/calibration", help="output directory (default runs/calibration)")
-    c.add_argument("--only", type=int, default=0, help="which expanded run of CONFIG to measure (default 0)")
-    c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    c = sub.add_parser("calibrate", formatter_class=_Help,
+                       help="measure compute and communication on a real launch; fit compute: and network:",
+                       description="Time the job's ops and steps on every rank, fit compute: and network:, "
+                                   "write calibration*.yaml fragments (see docs/simulation.md).",
+                       epilog=_examples("mpiexec -n 4 harness calibrate presets/calibrate-mpi.yaml --backend mpi",
+                                        "torchrun --nproc-per-node 4 --no-python harness calibrate "
+                                        "presets/calibrate-mpi.yaml --backend torch --out runs/cal-torch"))
+    c.add_argument("config", help="YAML experiment file whose run is measured, e.g. presets/calibrate-mpi.yaml")
+    c.add_argument("--backend", choices=("mpi", "torch"), required=True,
+                   help="the real backend the launcher started (required)")
+    c.add_argument("--out", default="runs/calibration", help="output directory for the fragments and the fit")
+    c.add_argument("--only", type=int, default=0, help="which expanded run of CONFIG to measure (0-based; default 0)")
+    c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (dotted key; value parsed as YAML); repeatable")
     c.add_argument("--sizes", default=None, help="payload bytes to time, comma separated (default 64,4096,65536,1048576)")
     c.add_argument("--reps", type=int, default=20, help="repetitions per op and size (a quarter for 1 MiB and more)")
     c.add_argument("--warmup", type=int, default=3, help="first steps left out of the compute fit")
-    pr = sub.add_parser("predict", help="replay real runs on simpy with a calibration; predicted vs measured time")
+    pr = sub.add_parser("predict", formatter_class=_Help,
+                        help="replay real runs on simpy with a calibration; predicted vs measured time",
+                        description="Replay each real run on simpy with each calibration; write predict.csv "
+                                    "and predict.png (predicted vs measured time, relative error).",
+                        epilog=_examples("harness predict runs/calibrate-mpi --calibration runs/calibration/"
+                                         "calibration-insitu.yaml"))
     pr.add_argument("runs", help="directory of real (mpi/torch) runs")
     pr.add_argument("--calibration", required=True, action="append",
                     help="calibration.yaml written by harness calibrate; repeat to compare several")
