@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"harness: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("harness: interrupted; unfinished runs are marked 'running' in their run.json", file=sys.stderr)
+        print("harness: interrupted; the run in progress is marked 'failed' in its run.json; run the same command again to resume", file=sys.stderr)
         return 130
 
 

@@ -34,28 +34,39 @@ class SlurmError(ValueError):
 
 
 def _common(p: argparse.ArgumentParser):
-    p.add_argument("config")
+    """The arguments ``harness slurm submit`` and ``harness sweep`` share with ``harness run``."""
+    p.add_argument("config", help="YAML experiment file, e.g. presets/demo.yaml")
     p.add_argument("--out", help="output directory (default: runs/<config name>)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (dotted key; value parsed as YAML; cases.N.KEY for case N "
+                        "only); repeatable (default: none)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness slurm", description="submit a config's runs to SLURM")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("submit", help="write an sbatch script for the config's runs and submit it")
+    from harness.cli import _examples, _Help, _Parser  # one-line usage errors, defaults in --help
+
+    p = _Parser(prog="harness slurm", formatter_class=_Help, description="submit a config's runs to SLURM")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="submit")
+    s = sub.add_parser(
+        "submit", formatter_class=_Help, help="write an sbatch script for the config's runs and submit it",
+        description="Simulations become one job array (one task per unfinished run); --backend mpi|torch "
+                    "becomes one job whose ranks srun launches.",
+        epilog=_examples("harness slurm submit presets/demo.yaml --partition cpu --time 00:30:00 --dry-run",
+                         "harness slurm submit presets/demo.yaml --backend mpi --nodes 2 --ntasks-per-node 8"))
     _common(s)
-    s.add_argument("--backend", choices=["simpy", "stacked", "mpi", "torch"], default=None)
-    s.add_argument("--partition")
+    s.add_argument("--backend", choices=["simpy", "stacked", "mpi", "torch"], default=None,
+                   help="override the config's backend (mpi/torch: one multi-rank job; default: the config's)")
+    s.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
     s.add_argument("--time", default="01:00:00", help="wall-time limit per array task / job")
-    s.add_argument("--cpus-per-task", type=int, default=1)
-    s.add_argument("--mem", help="memory per node, e.g. 4G")
+    s.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per array task or rank")
+    s.add_argument("--mem", help="memory per node, e.g. 4G (default: the cluster's default)")
     s.add_argument("--max-concurrent", type=int, default=16, help="array tasks running at once")
-    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--nodes", type=int, default=1, help="nodes of a real (mpi/torch) job")
     s.add_argument("--ntasks-per-node", type=int, help="ranks per node (real runs; default: n_workers / nodes)")
-    s.add_argument("--gpus-per-node", type=int, default=0)
+    s.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node of a real job (default: 0, none)")
     s.add_argument("--mpi", default="pmi2", help="srun --mpi plugin (real MPI runs)")
     s.add_argument("--sbatch-arg", action="append", default=[], help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=low")
-    s.add_argument("--job-name")
+    s.add_argument("--job-name", help="SLURM job name (default: the config's name)")
     s.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     return p
 
@@ -168,9 +179,8 @@ def main(argv: list[str], sweep_mode: bool = False) -> int:
         from harness.sweep import main as sweep_main
 
         return sweep_main(argv)
-    a = parser().parse_args(argv)
     try:
-        return submit(a)
+        return submit(parser().parse_args(argv))
     except (ConfigError, SlurmError, ValueError, FileNotFoundError) as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2

@@ -38,14 +38,17 @@ REAL = ("mpi", "torch")
 
 
 def parser():
-    from harness.cli import _Parser  # one-line usage errors, as for `harness run`
+    from harness.cli import _examples, _Help, _Parser  # one-line usage errors, as for `harness run`
+    from harness.slurm import _common
 
-    p = _Parser(prog="harness sweep", description="run a config's grid locally, K runs at a time")
-    p.add_argument("config")
-    p.add_argument("--out", help="output directory (default: runs/<config name>)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p = _Parser(prog="harness sweep", formatter_class=_Help,
+                description="run a config's grid locally, K runs at a time, on K warm worker processes",
+                epilog=_examples("harness sweep presets/demo.yaml --jobs 2",
+                                 "harness sweep presets/demo.yaml --list",
+                                 "HARNESS_PROGRESS_EVERY=60 harness sweep presets/demo.yaml --jobs 2 > sweep.log"))
+    _common(p)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
-    p.add_argument("--backend", choices=["simpy", "stacked", *REAL], help="override the config's backend")
+    p.add_argument("--backend", choices=["simpy", "stacked", *REAL], help="override the config's backend (default: the config's; simpy or stacked)")
     p.add_argument("--list", action="store_true", help="list the expanded runs and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     return p

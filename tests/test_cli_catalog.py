@@ -191,11 +191,20 @@ def _parsers():
 
     top = _parser()
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    return {"harness": top, **{c: sub.choices[c] for c in ("run", "report", "list")},
-            "topology": topology_parser()}
+    from harness.calibration.cli import _parser as calibration_parser
+    from harness.slurm import parser as slurm_parser
+    from harness.sweep import parser as sweep_parser
+
+    def subs(p):
+        return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    return {"harness": top, **{c: subs(top)[c] for c in ("run", "report", "list")},
+            "topology": topology_parser(), "sweep": sweep_parser(), "slurm submit": subs(slurm_parser())["submit"],
+            **{c: subs(calibration_parser())[c] for c in ("calibrate", "predict")}}
 
 
-@pytest.mark.parametrize("name", ["harness", "run", "report", "list", "topology"])
+@pytest.mark.parametrize("name", ["harness", "run", "report", "list", "topology", "sweep", "slurm submit",
+                                  "calibrate", "predict"])
 def test_every_option_has_help_with_its_default_and_an_example(name):
     parser = _parsers()[name]
     text = parser.format_help()
@@ -205,9 +214,16 @@ def test_every_option_has_help_with_its_default_and_an_example(name):
             continue
         assert action.help, (name, action.dest)
         flag = isinstance(action, (argparse._StoreTrueAction, argparse._VersionAction))
-        if action.option_strings and not flag:
+        if action.option_strings and not flag and not action.required:
             rendered = parser._get_formatter()._expand_help(action)
             assert "default" in rendered, (name, action.dest, rendered)
+
+
+@pytest.mark.parametrize("argv", [["slurm"], ["slurm", "submit", "x.yaml", "--bogus"], ["sweep"],
+                                  ["calibrate", "x.yaml"]])
+def test_usage_errors_of_every_command_are_one_line(argv, capsys):
+    rc, out, err = cli(argv, capsys)
+    assert rc == 2 and err.startswith("harness: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 # -- the generated documents -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _parser():
     c.add_argument("--out", default="runs/calibration", help="output directory for the fragments and the fit")
     c.add_argument("--only", type=int, default=0, help="which expanded run of CONFIG to measure (0-based; default 0)")
     c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (dotted key; value parsed as YAML); repeatable")
+                   help="override a config field (dotted key; value parsed as YAML); repeatable (default: none)")
     c.add_argument("--sizes", default=None, help="payload bytes to time, comma separated (default 64,4096,65536,1048576)")
     c.add_argument("--reps", type=int, default=20, help="repetitions per op and size (a quarter for 1 MiB and more)")
     c.add_argument("--warmup", type=int, default=3, help="first steps left out of the compute fit")
