@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ntasks-per-node", type=int, help="ranks per node (real runs; default: n_workers / nodes)")
     s.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node of a real job (default: 0, none)")
     s.add_argument("--mpi", default="pmi2", help="srun --mpi plugin (real MPI runs)")
-    s.add_argument("--sbatch-arg", action="append", default=[], help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=low")
+    s.add_argument("--sbatch-arg", action="append", default=[], help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=low; repeatable (default: none)")
     s.add_argument("--job-name", help="SLURM job name (default: the config's name)")
     s.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     return p
