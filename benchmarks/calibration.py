@@ -47,9 +47,14 @@ def _run(cmd, timeout=900):
     return p.stdout
 
 
+RANKS = 4  # --ranks: 2 gives one rank per core here (no core sharing)
+
+
 def _mpi(*args):
     exe = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return [exe, "-n", "4", sys.executable, "-m", "harness.cli", *map(str, args)]
+    sizes = [] if RANKS == 4 else ["--set", f"n_workers={RANKS}", "--set", f"cases.4.n_workers={RANKS - 1}"]
+    sizes += ["--set", "cases.3.topology.name=complete"] if RANKS < 3 else []  # a ring needs 3
+    return [exe, "-n", str(RANKS), sys.executable, "-m", "harness.cli", *map(str, args), *sizes]
 
 
 def repetition(out: Path) -> pd.DataFrame:
@@ -87,7 +92,11 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/calibration-bench")
     ap.add_argument("--sleep-ms", type=float, default=3.0, help="the injected straggler's sleep per step")
     ap.add_argument("--summarise", action="store_true", help="only summarise the repetitions already in --out")
+    ap.add_argument("--ranks", type=int, default=4, help="MPI ranks (async SGD: 1 server + ranks-1 workers); "
+                    "the known-straggler check needs 4")
     a = ap.parse_args()
+    global RANKS
+    RANKS = a.ranks
     out = Path(a.out)
     for r in range(0 if a.summarise else a.reps):
         t = repetition(out / f"rep{r}").assign(rep=r)
@@ -105,7 +114,7 @@ def main() -> None:
                     adjusted_max=("adjusted", "max"), drift=("drift", "median"))
     print(f"\n# medians over {reps} repetitions (error = predicted / measured - 1; adjusted: for the load drift)")
     print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
-    if a.summarise:
+    if a.summarise or RANKS != 4:
         return
     # a known straggler: worker 2 sleeps a constant time after every gradient
     s = out / "straggler"

@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config name>)")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field in every run (dotted key; value parsed as YAML); repeatable; "
-                   "cases.N.KEY=VALUE sets it in case N only (1 = the first case), grid.KEY=[v1,v2] sets a "
+                   "cases.N.KEY=VALUE sets it in case N only (1 = the first case; wins over a plain --set of the same key), "
+                   "grid.KEY=[v1,v2] sets a "
                    "grid axis (default: none)")
     r.add_argument("--only", metavar="I,J,...", help="run only these expanded runs (0-based indices as --list numbers them, comma "
                    "separated; default: all)")

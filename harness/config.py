@@ -5,10 +5,11 @@ A file holds the fields of :class:`RunConfig` plus two optional expansion keys:
 * ``cases``: a list of partial configs; each is merged over the base (e.g. one per algorithm);
 * ``grid``: ``{dotted.key: [values...]}``; every combination is a run (Cartesian product).
 
-``--set key=value`` (values parsed as YAML) overrides every expanded run last;
-``--set grid.key=[...]`` changes the grid instead; ``--set cases.N.key=value`` sets the key in
-case ``N`` only (1 is the first case, as in the ``(case N)`` of error messages), after merging
-that case over the base and before the grid. Every mistake is one line naming the
+``--set key=value`` (values parsed as YAML) overrides the key in every expanded run (after the
+case and the grid); ``--set grid.key=[...]`` changes the grid instead; ``--set cases.N.key=value``
+sets the key in case ``N`` only (1 is the first case, as in the ``(case N)`` of error messages),
+last of all: the more specific ``--set`` wins, whatever their order on the command line
+(``--set n_workers=2 --set cases.4.n_workers=1``: case 4 gets 1, the others 2). Every mistake is one line naming the
 field, e.g. ``algorithm.period: Input should be a valid integer (case 2)``: wrong types,
 out-of-range or non-finite numbers, unknown keys at any level, broken YAML (in the file, in
 ``--set``, duplicate keys), plugins that fail to import. Nothing is run or written before a
@@ -323,12 +324,16 @@ def expand(raw: dict, sets: list[str] | None = None) -> list[RunConfig]:
         for combo in itertools.product(*grid.values()) if grid else [()]:
             try:
                 d = deep_merge(raw, case)
-                for k, v in [*per_case[ci], *zip(grid, combo), *overrides]:
+                for k, v in [*zip(grid, combo), *overrides, *per_case[ci]]:  # most specific last
                     set_dotted(d, k, v)
                 runs.append(resolve(d))
             except ConfigError as e:
                 raise ConfigError(f"{e} (case {ci + 1})" if len(cases) > 1 else str(e)) from None
-    return runs
+    # a --set over a grid axis makes equal runs: run (and list) each once, in first-seen order
+    unique: dict[str, RunConfig] = {}
+    for r in runs:
+        unique.setdefault(r.run_id, r)
+    return list(unique.values())
 
 
 def _case_index(key: str, n: str, count: int, has_cases: bool) -> int:

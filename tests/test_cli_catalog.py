@@ -143,10 +143,16 @@ def test_set_one_case_only():
     assert [r.algorithm["period"] for r in runs[2:]] == [16, 16] and sorted(r.seed for r in runs[2:]) == [0, 1]
     with pytest.raises(ConfigError, match=r"^algorithm\.period: unknown parameter for sync_sgd.*\(case 1\)$"):
         expand(TWO_CASES, ["algorithm.period=16"])  # what plain --set does: every run
-    # a plain --set still wins over the case's, as it applies last
-    assert {r.algorithm["period"] for r in expand(TWO_CASES, ["cases.2.algorithm.period=16",
-                                                              "cases.1.algorithm.name=local_sgd",
-                                                              "algorithm.period=4"])} == {4}
+    # the more specific --set wins whatever the order: the case's over a plain one of the same key
+    for order in (1, -1):
+        sets = ["cases.2.algorithm.period=16", "cases.1.algorithm.name=local_sgd", "algorithm.period=4"][::order]
+        runs = expand(TWO_CASES, sets)
+        assert [r.algorithm["period"] for r in runs] == [4, 4, 16, 16]
+    # and over a grid axis of that key, for its case only
+    runs = expand(TWO_CASES, ["grid.steps=[5, 7]", "cases.1.steps=3"])
+    assert [(r.algorithm["name"], r.steps, r.seed) for r in runs] == [  # equal runs listed once
+        ("sync_sgd", 3, 0), ("sync_sgd", 3, 1), ("local_sgd", 5, 0), ("local_sgd", 7, 0),
+        ("local_sgd", 5, 1), ("local_sgd", 7, 1)]
 
 
 @pytest.mark.parametrize("key, starts, words", [
