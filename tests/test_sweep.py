@@ -32,9 +32,16 @@ def conf(tmp_path, steps=40, seeds=(0, 1, 2, 3), **over) -> Path:
     return path
 
 
+def _ctrl_c_reaches_it():
+    # A shell's background job (`make test &`, nohup) ignores SIGINT, and a child inherits that
+    # (then Python installs no KeyboardInterrupt handler): give the sweep Ctrl-C as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def harness(*args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+                            preexec_fn=_ctrl_c_reaches_it, **kw)
 
 
 # -- progress ------------------------------------------------------------------------------
