@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from results import stats, style
 from results.schema import CONSENSUS
+from results.store import atomic_write
 from results.timeline import timeline
 
 ROUNDING = 1e-6  # consensus distances below this fraction of the largest one are rounding noise
@@ -39,7 +40,7 @@ def save(fig: Figure, stem: str | os.PathLike, dpi: int = 110) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for p in paths:
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+        atomic_write(p, lambda tmp, fmt=p.suffix[1:]: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt))
     return paths
 
 
@@ -256,11 +257,12 @@ def time_split_bars(df: pd.DataFrame, max_panels: int = 12) -> Figure | None:
             vals = sub[col].fillna(0).to_numpy()
             ax.bar(sub["worker"], vals, bottom=bottom, color=c, label=col.removesuffix("_s"), width=0.85)
             bottom = bottom + vals
-        ax.set(title=s, xlabel="worker", ylabel=style.time_label(meta.loc[meta["label"] == s]).replace("time ", "", 1))
+        ax.set(title=s, xlabel="worker", ylabel=style.time_label(meta.loc[meta["label"] == s]))
         ax.title.set_fontsize(9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.harness["panels"].append(s)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", frameon=False)
+    fig.suptitle("Where each worker's time went: computing, communicating, idle (mean over seeds)")
     return fig
 
 

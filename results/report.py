@@ -33,6 +33,7 @@ import pandas as pd
 from results import settings, stats
 from results.errors import ResultsWarning
 from results.load import load, runs
+from results.store import atomic_text
 
 BASELINE = "sync_sgd"
 
@@ -153,7 +154,8 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
     parts.append("<h2>Figures</h2>")
     for name, png in figures.items():
         b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-        notes = (meta or {}).get(name, {}).get("notes", [])
+        info = (meta or {}).get(name, {})
+        notes = [n for n in info.get("notes", []) if n not in info.get("drawn", [])]  # not twice
         said = "".join(f"<br><small>{e(n)}</small>" for n in notes)
         parts.append(f"<figure><img src=\"data:image/png;base64,{b64}\" alt='{e(name)}'>"
                      f"<figcaption>{e(name)} (<a href='{e(name)}.svg'>SVG</a>){said}</figcaption></figure>")
@@ -168,10 +170,7 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
 
 
 def _write_json(path: Path, obj) -> None:
-    """Atomic: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def _how_to_read(summary_df: pd.DataFrame, by: list[str], target_acc: float) -> str:
@@ -216,9 +215,9 @@ def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os
     problems = list(df.attrs.get("problems", []))
     out.mkdir(parents=True, exist_ok=True)
     s = stats.summary(df, target_acc)
-    s.to_csv(out / "summary.csv", index=False)
+    atomic_text(out / "summary.csv", s.to_csv(index=False))
     table = _table(s)
-    (out / "summary.md").write_text(f"Target accuracy: {target_acc:g}\n\n" + _markdown(table), encoding="utf-8")
+    atomic_text(out / "summary.md", f"Target accuracy: {target_acc:g}\n\n" + _markdown(table))
     figures, fig_errors, meta = {}, [], {}
     for name, (fn, kind) in plots.FIGURES.items():
         try:
@@ -232,5 +231,5 @@ def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os
             meta[name] = getattr(fig, "harness", {"legend": [], "notes": [], "panels": []})
     _write_json(out / "figures.json", meta)
     page = _html(root, s, table, figures, fig_errors, runs(root), problems, target_acc, meta)
-    (out / "index.html").write_text(page, encoding="utf-8")
+    atomic_text(out / "index.html", page)
     return out

@@ -26,8 +26,9 @@ METRICS = "metrics.parquet"
 RUN_JSON = "run.json"
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temp file beside ``path``, then move it onto ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` for a temp file beside ``path``, then move it onto ``path``:
+    a reader (or a killed writer) never leaves half a file. The one way files are written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,6 +45,11 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
     return path
 
 
+def atomic_text(path: str | os.PathLike, text: str) -> Path:
+    """``path.write_text(text)`` (UTF-8), atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Conform ``df`` to the schema and write it as parquet at ``path``, atomically.
 
@@ -51,7 +57,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     that cannot take its schema dtype raises ``ValueError`` naming the column.
     """
     table = pa.Table.from_pandas(conform(df), preserve_index=False)
-    return _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _json_default(obj: Any) -> Any:
@@ -77,7 +83,7 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> dict:

@@ -136,6 +136,8 @@ DIVERGED_HANDLE = (Line2D([], [], marker="x", ms=10, mew=2.5, color="black", ls=
 
 
 def footnote(fig: Figure, notes: list[str]) -> None:
-    """Notes under the panels (wrapped), so what a figure leaves out is on the figure."""
+    """Notes under the panels (wrapped), so what a figure leaves out is on the figure (the
+    report's caption then leaves them out: ``fig.harness["drawn"]``)."""
     if notes:
+        getattr(fig, "harness", {}).setdefault("drawn", []).extend(notes)
         fig.supxlabel("\n".join(textwrap.fill(n, 150) for n in notes), fontsize=8, color="0.3", ha="left", x=0.01)

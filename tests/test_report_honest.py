@@ -162,3 +162,24 @@ def test_a_key_that_differs_between_algorithms_is_a_column_and_missing_keys_stay
     s = stats.summary(results.load(tmp_path), 0.9)
     assert stats.setting_columns(s) == ["algorithm", "partition", "hp.lr", "hp.period"]
     assert sorted(settings.labels(s)) == ["local_sgd · period=4", "local_sgd · period=8", "sync_sgd"]
+
+
+def test_notes_drawn_on_a_figure_are_not_repeated_in_its_caption(tmp_path):
+    # before: the consensus figure's notes were drawn under its panels and printed again below
+    # it in the HTML (three times in all, with the legend); figures.json still lists them all
+    import json
+
+    from harness.experiment import run_to_dir
+    from results.report import write_report
+    from tests.helpers import small
+
+    for alg in ("sync_sgd", "local_sgd"):
+        run_to_dir(small(alg, backend="stacked"), tmp_path / "runs")
+    out = write_report(tmp_path / "runs")
+    meta = json.loads((out / "figures.json").read_text())["consensus_distance"]
+    zero = [n for n in meta["notes"] if n.startswith("0 at every step")]
+    assert zero and zero[0] in meta["drawn"]
+    page = (out / "index.html").read_text()
+    assert "0 at every step (exact consensus" not in page  # on the figure itself only
+    assert "consensus_distance (<a href='consensus_distance.svg'>SVG</a>)" in page
+    assert not list(out.glob(".*tmp*")), "a temporary file was left behind"

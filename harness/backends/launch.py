@@ -102,18 +102,9 @@ def free_port() -> int:
 
 def save_params(path, workers, server=None) -> Path:
     """``torch.save({"workers": [n, d], "server": [d] | None})`` to ``path``, atomically."""
-    import tempfile
-
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"workers": workers, "server": server}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from results.store import atomic_write
+
+    return atomic_write(path, lambda tmp: torch.save({"workers": workers, "server": server}, tmp))
     return path

@@ -83,7 +83,7 @@ def _model_bytes(cfg) -> int:
 def cmd_calibrate(a) -> int:
     from harness.calibration import fit, io, measure
     from harness.config import ConfigError
-    from results.store import write_json
+    from results.store import atomic_text, write_json
 
     cfg = _config(a)
     try:
@@ -115,15 +115,15 @@ def cmd_calibrate(a) -> int:
         step_s, nbytes = float(fit.step_times(metrics, a.warmup).mean()), _model_bytes(cfg)
         insitu, info["insitu"] = fit.insitu_delay(network, compute, step_s, cfg.n_workers, nbytes, cfg.seed)
         info["insitu"]["measured_max_compute_s"] = fit.trace_max(steps)
-        io.atomic_text(out / "calibration-insitu.yaml", io.fragment_text(compute, insitu, info, info["insitu"]))
+        atomic_text(out / "calibration-insitu.yaml", io.fragment_text(compute, insitu, info, info["insitu"]))
         # the measured per-worker step times replayed as they came (model: trace), with its own delay
         trace = {"model": "trace", "trace": str((out / "compute.csv").resolve())}
         t_net, info["trace"] = fit.insitu_delay(network, trace, step_s, cfg.n_workers, nbytes, e_max=fit.trace_max(steps))
-        io.atomic_text(out / "calibration-trace.yaml", io.fragment_text(trace, t_net, info, info["trace"]))
-    io.atomic_text(out / "compute.csv", steps.to_csv(index=False))
-    io.atomic_text(out / "comm.csv", comm.to_csv(index=False))
+        atomic_text(out / "calibration-trace.yaml", io.fragment_text(trace, t_net, info, info["trace"]))
+    atomic_text(out / "compute.csv", steps.to_csv(index=False))
+    atomic_text(out / "comm.csv", comm.to_csv(index=False))
     write_json(info, out / "calibration.json")
-    path = io.atomic_text(out / "calibration.yaml", io.fragment_text(compute, network, info))
+    path = atomic_text(out / "calibration.yaml", io.fragment_text(compute, network, info))
     print(path.read_text(), end="")
     print(f"calibration written to {path}")
     return 0

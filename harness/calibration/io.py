@@ -1,26 +1,8 @@
-"""Writing calibration files atomically (a temporary file in the same folder, then a rename),
-so that a killed calibration never leaves half a fragment behind."""
+"""The text of a calibration fragment (written atomically by ``results.store.atomic_text``,
+so that a killed calibration never leaves half a fragment behind)."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import yaml
-
-
-def atomic_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def fragment_text(compute: dict, network: dict, fit: dict, insitu: dict | None = None) -> str:

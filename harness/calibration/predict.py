@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.calibration.io import atomic_text
+from results.store import atomic_text, atomic_write
 
 COLUMNS = ["calibration", "algorithm", "run_id", "backend", "steps", "measured_s", "predicted_s", "error",
            "measured_step_ms", "predicted_step_ms", "measured_wait_share", "predicted_wait_share", "note"]
@@ -114,9 +114,7 @@ def _figure(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(label)
         ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle("Calibrated simulator: predicted vs measured time per step")
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def format_table(table: pd.DataFrame) -> str:
