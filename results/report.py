@@ -120,7 +120,7 @@ def _markdown(t: pd.DataFrame) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}td{white-space:nowrap}
 th{background:#f2f2f2}.note{background:#fff4e5;border-left:4px solid #f90;padding:0.5em 1em;margin:1em 0}
-img{max-width:100%}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:0.5em;font-size:0.85em}"""
+img{max-width:100%}.wide{overflow-x:auto}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:0.5em;font-size:0.85em}"""
 
 
 def _html(root, summary_df, table, figures, fig_errors, run_list, problems, target_acc, meta=None) -> str:
@@ -159,8 +159,12 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
         said = "".join(f"<br><small>{e(n)}</small>" for n in notes)
         parts.append(f"<figure><img src=\"data:image/png;base64,{b64}\" alt='{e(name)}'>"
                      f"<figcaption>{e(name)} (<a href='{e(name)}.svg'>SVG</a>){said}</figcaption></figure>")
-    cols = [c for c in summary_df.columns if not c.startswith("cfg.")]
-    parts += ["<h2>Runs</h2>", summary_df[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")]
+    runs_t = summary_df[[c for c in summary_df.columns if not c.startswith("cfg.")]].copy()
+    for c in runs_t:  # nullable integers print pd.NA as "<NA>" whatever na_rep says
+        if pd.api.types.is_extension_array_dtype(runs_t[c]):
+            runs_t[c] = runs_t[c].astype(object).where(runs_t[c].notna(), "-")
+    html_t = runs_t.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    parts += ["<h2>Runs</h2>", f"<div class='wide'>{html_t}</div>"]
     parts.append("<h2>Run configs</h2>")
     for r in run_list.itertuples(index=False):
         cfg = json.dumps(r.config, indent=2, sort_keys=True, default=str)
