@@ -1,6 +1,6 @@
 """Calibrated simulator vs measured wall-clock (issue [17]): 4 local MPI ranks.
 
-    .venv/bin/python benchmarks/calibration.py [--reps 3] [--out /tmp/calibration-bench]
+    .venv/bin/python benchmarks/calibration.py [--reps 3] [--out /tmp/calibration-bench] [--ranks 4] [--backend mpi]
 
 Each repetition, back to back (so that both see the same machine load):
 
@@ -12,6 +12,8 @@ Each repetition, back to back (so that both see the same machine load):
 2. ``mpiexec -n 4 harness run presets/calibrate-mpi.yaml --backend mpi --force``: sync SGD,
    Local SGD (H=8), D-PSGD (ring), async SGD (1 server + 3 workers);
 3. ``harness predict`` with the three fragments: each real run replayed on simpy.
+
+(``--backend torch``: the same under ``torchrun``, torch.distributed with gloo.)
 
 Prints every repetition's table, then per algorithm and fragment the median measured and
 predicted time per step, the median and range of the relative error, and the load drift
@@ -48,18 +50,24 @@ def _run(cmd, timeout=900):
 
 
 RANKS = 4  # --ranks: 2 gives one rank per core here (no core sharing)
+BACKEND = "mpi"  # --backend torch: torchrun, torch.distributed with gloo
 
 
 def _mpi(*args):
-    exe = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    """``harness ARGS`` on RANKS ranks, under mpiexec or torchrun (by BACKEND)."""
+    if BACKEND == "mpi":
+        exe = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        launcher = [exe, "-n", str(RANKS), sys.executable]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(RANKS)]
     sizes = [] if RANKS == 4 else ["--set", f"n_workers={RANKS}", "--set", f"cases.4.n_workers={RANKS - 1}"]
     sizes += ["--set", "cases.3.topology.name=complete"] if RANKS < 3 else []  # a ring needs 3
-    return [exe, "-n", str(RANKS), sys.executable, "-m", "harness.cli", *map(str, args), *sizes]
+    return [*launcher, "-m", "harness.cli", *map(str, args), "--backend", BACKEND, *sizes]
 
 
 def repetition(out: Path) -> pd.DataFrame:
-    _run(_mpi("calibrate", PRESET, "--backend", "mpi", "--out", out))
-    _run(_mpi("run", PRESET, "--backend", "mpi", "--out", out / "real", "--force", "--quiet"))
+    _run(_mpi("calibrate", PRESET, "--out", out))
+    _run(_mpi("run", PRESET, "--out", out / "real", "--force", "--quiet"))
     _run([sys.executable, "-m", "harness.cli", "predict", out / "real", "--calibration", out / "calibration.yaml",
           "--calibration", out / "calibration-insitu.yaml", "--calibration", out / "calibration-trace.yaml",
           "--out", out / "predict"])
@@ -94,9 +102,10 @@ def main() -> None:
     ap.add_argument("--summarise", action="store_true", help="only summarise the repetitions already in --out")
     ap.add_argument("--ranks", type=int, default=4, help="MPI ranks (async SGD: 1 server + ranks-1 workers); "
                     "the known-straggler check needs 4")
+    ap.add_argument("--backend", choices=["mpi", "torch"], default="mpi", help="mpiexec + MPI, or torchrun + gloo")
     a = ap.parse_args()
-    global RANKS
-    RANKS = a.ranks
+    global RANKS, BACKEND
+    RANKS, BACKEND = a.ranks, a.backend
     out = Path(a.out)
     for r in range(0 if a.summarise else a.reps):
         t = repetition(out / f"rep{r}").assign(rep=r)
@@ -118,7 +127,7 @@ def main() -> None:
         return
     # a known straggler: worker 2 sleeps a constant time after every gradient
     s = out / "straggler"
-    _run(_mpi("calibrate", PRESET, "--backend", "mpi", "--out", s, "--set",
+    _run(_mpi("calibrate", PRESET, "--out", s, "--set",
               f"slowdown={{workers: [2], model: constant, mean_s: {a.sleep_ms / 1e3}}}"))
     info = json.loads((s / "calibration.json").read_text())
     med = info["compute"]["worker_median_s"]

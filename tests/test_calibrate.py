@@ -24,6 +24,7 @@ from harness.calibration.measure import step_compute
 from harness.config import ConfigError, deep_merge, expand, resolve
 from harness.cost import NetworkSpec
 from simulators.compute import ComputeSpec, ComputeTimes
+from tests.test_real_backends import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,9 +147,10 @@ def test_slowdown_draws_are_seeded_and_checked():
     assert _small().run_id == _small(network={"sync_delay_s": 0.0}).run_id != _small(network={"sync_delay_s": 1e-3}).run_id
 
 
-@pytest.mark.mpi
-def test_calibrate_on_4_mpi_ranks_writes_a_fragment_that_loads_and_predicts(tmp_path):
-    from tests.test_real_backends import _mpiexec
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_calibrate_on_4_ranks_writes_a_fragment_that_loads_and_predicts(tmp_path, backend):
+    """Under mpiexec (MPI ops) and torchrun (gloo): the same files, loadable and replayable."""
+    from tests.test_real_backends import _mpiexec, _torchrun
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"name": "c", "n_workers": 4, "steps": 20, "eval_every": 20,
@@ -157,7 +159,8 @@ def test_calibrate_on_4_mpi_ranks_writes_a_fragment_that_loads_and_predicts(tmp_
     out = tmp_path / "calib"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [_mpiexec(), "-n", "4", sys.executable, "-m", "harness.cli", "calibrate", str(cfg), "--backend", "mpi",
+    launcher = [_mpiexec(), "-n", "4", sys.executable] if backend == "mpi" else _torchrun(4)
+    cmd = [*launcher, "-m", "harness.cli", "calibrate", str(cfg), "--backend", backend,
            "--out", str(out), "--sizes", "64,65536", "--reps", "3"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -171,7 +174,7 @@ def test_calibrate_on_4_mpi_ranks_writes_a_fragment_that_loads_and_predicts(tmp_
         else:
             assert len(merged.compute.worker_factors) == 4
     info = json.loads((out / "calibration.json").read_text())
-    assert info["ranks"] == 4 and info["compute"]["samples"] == 4 * (20 - 3)
+    assert info["ranks"] == 4 and info["backend"] == backend and info["compute"]["samples"] == 4 * (20 - 3)
     comm = pd.read_csv(out / "comm.csv")
     assert set(comm.op) == {"allreduce", "allgather", "p2p"} and (comm.seconds > 0).all()
     # predict: the calibration's own measured job, replayed on simpy with each fragment
