@@ -202,3 +202,33 @@ def test_bad_calibrate_and_predict_input_is_one_line(argv, line, capsys, monkeyp
     monkeypatch.chdir(ROOT)
     assert main(argv) == 2
     assert capsys.readouterr().err == f"harness: error: {line}\n"
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_the_preset_calibrates_on_sync_sgd_and_predicts_the_four_algorithms(tmp_path):
+    """Issue [17]'s workflow on 4 local MPI ranks, shortened to 30 steps: calibrate on sync SGD,
+    run sync SGD, Local SGD (H=8), D-PSGD (ring) and async SGD for real, predict each one.
+    The errors themselves are measured by benchmarks/calibration.py (docs/benchmarks.md)."""
+    from tests.test_real_backends import _mpiexec
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    short = ["--set", "steps=30", "--set", "eval_every=30"]
+    out, mpi = tmp_path / "calib", [_mpiexec(), "-n", "4", sys.executable, "-m", "harness.cli"]
+    for argv in (["calibrate", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--out", out, "--sizes", "64,65536",
+                  "--reps", "3", *short],
+                 ["run", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--out", out / "real", "--quiet", *short]):
+        p = subprocess.run([*mpi, *map(str, argv)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, p.stderr[-3000:]
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "predict", str(out / "real"), "--calibration",
+                        str(out / "calibration-insitu.yaml")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    table = pd.read_csv(out / "real" / "predict" / "predict.csv").set_index("algorithm")
+    assert sorted(table.index) == ["async_sgd", "dpsgd", "local_sgd", "sync_sgd"]
+    assert (table.steps == 30).all() and (table.measured_s > 0).all() and (table.predicted_s > 0).all()
+    np.testing.assert_allclose(table.error, table.predicted_s / table.measured_s - 1)
+    assert table.loc["async_sgd", "note"] == "factors of ranks 1..n"  # 3 workers on ranks 1-3
+    for alg in table.index:  # every algorithm appears in the printed table with its error
+        assert alg in p.stdout and f"{table.loc[alg, 'error']:+.1%}" in p.stdout
