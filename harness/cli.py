@@ -113,9 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--target", type=float, default=None, metavar="ACC", help="target test accuracy (default: the runs' target_acc)")
     rep.add_argument("--out", metavar="DIR2", help="write the report into this directory (default: DIR/report)")
     ls = command("list", "list algorithms, tasks, topologies, compute models and codecs with their parameters",
-                 "harness list", "harness list algorithms", "harness list topologies")
+                 "harness list", "harness list algorithms", "harness list topologies",
+                 "harness list algorithms --config my_experiment.yaml   # with the algorithms its imports: register")
     ls.add_argument("kind", nargs="?", choices=KINDS, metavar="KIND",
                     help=f"one of {', '.join(KINDS)} (default: all of them)")
+    ls.add_argument("--config", metavar="CONFIG", help="also list what this config's imports: register (plugin "
+                    "algorithms, tasks, topologies; the config is validated too; default: the built-in ones only)")
     t = sub.add_parser("topology", help="print a graph's degree, diameter and spectral gap; draw it", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
     sl = sub.add_parser("slurm", help="submit a config's runs to SLURM (job array, or srun for mpi/torch)", add_help=False)
@@ -273,6 +276,10 @@ def cmd_report(a) -> int:
 def cmd_list(a) -> int:
     from harness import catalog
 
+    if a.config:
+        from harness.config import load
+
+        load(a.config)  # runs its imports: (plugins register themselves); one line if it is bad
     print(catalog.text([a.kind] if a.kind else catalog.KINDS))
     return 0
 

@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import subprocess
+import sys
+import textwrap
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from harness import algorithms, catalog, catalog_md, codecs, tasks
 from harness.cli import _parser, main
 from harness.config import ConfigError, expand
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASE = {"algorithm": "local_sgd", "n_workers": 2, "steps": 2, "eval_every": 1, "task": {"hidden": [4]}}
 TWO_CASES = {**BASE, "cases": [{"algorithm": "sync_sgd"}, {"algorithm": {"name": "local_sgd", "period": 2}}],
@@ -253,3 +259,27 @@ def test_readme_lists_what_exists_and_links_inside_the_repository():
             assert re.search(rf"^## .*`{name}`", doc, re.M), name
     prose = re.sub(r"^```.*$", "", doc, flags=re.M)
     assert "``" not in prose and "```text" in doc  # literals converted; equations kept as code blocks
+
+
+def test_list_with_a_config_shows_the_algorithms_its_imports_register(tmp_path):
+    # a fresh process: the registry holds the built-in methods only, until the config's imports run
+    (tmp_path / "my_alg.py").write_text(textwrap.dedent('''
+        from harness.algorithms import register
+
+        @register("_listed_plugin")
+        def listed(ctx, x, *, rho: float = 0.25):
+            """My method: x <- x - rho * g (a plugin)."""
+            yield from ()
+            return x
+    '''))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("imports: [my_alg.py]\nalgorithm: {name: _listed_plugin}\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "harness.cli", "list", "algorithms", *a], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=120)
+    plain, with_cfg = run(), run("--config", str(cfg))
+    assert plain.returncode == 0 and "_listed_plugin" not in plain.stdout
+    assert with_cfg.returncode == 0, with_cfg.stderr
+    assert "My method: x <- x - rho * g (a plugin)." in with_cfg.stdout and "rho=0.25" in with_cfg.stdout
+    bad = run("--config", str(tmp_path / "missing.yaml"))
+    assert bad.returncode == 2 and bad.stderr.startswith("harness: error: CONFIG: no such file")
+    assert len(bad.stderr.strip().splitlines()) == 1
