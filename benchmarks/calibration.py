@@ -53,7 +53,7 @@ RANKS = 4  # --ranks: 2 gives one rank per core here (no core sharing)
 BACKEND = "mpi"  # --backend torch: torchrun, torch.distributed with gloo
 
 
-def _mpi(*args):
+def _launch(*args):
     """``harness ARGS`` on RANKS ranks, under mpiexec or torchrun (by BACKEND)."""
     if BACKEND == "mpi":
         exe = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -66,8 +66,8 @@ def _mpi(*args):
 
 
 def repetition(out: Path) -> pd.DataFrame:
-    _run(_mpi("calibrate", PRESET, "--out", out))
-    _run(_mpi("run", PRESET, "--out", out / "real", "--force", "--quiet"))
+    _run(_launch("calibrate", PRESET, "--out", out))
+    _run(_launch("run", PRESET, "--out", out / "real", "--force", "--quiet"))
     _run([sys.executable, "-m", "harness.cli", "predict", out / "real", "--calibration", out / "calibration.yaml",
           "--calibration", out / "calibration-insitu.yaml", "--calibration", out / "calibration-trace.yaml",
           "--out", out / "predict"])
@@ -127,7 +127,7 @@ def main() -> None:
         return
     # a known straggler: worker 2 sleeps a constant time after every gradient
     s = out / "straggler"
-    _run(_mpi("calibrate", PRESET, "--out", s, "--set",
+    _run(_launch("calibrate", PRESET, "--out", s, "--set",
               f"slowdown={{workers: [2], model: constant, mean_s: {a.sleep_ms / 1e3}}}"))
     info = json.loads((s / "calibration.json").read_text())
     med = info["compute"]["worker_median_s"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import sys
 from pathlib import Path
 
@@ -123,14 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.write or a.check):
         print(catalog.text())
         return 0
-    from results.store import atomic_write
+    from results.store import atomic_text
 
     stale = []
     for path, text in targets().items():
         if path.exists() and path.read_text(encoding="utf-8") == text:
             continue
         if a.write:
-            atomic_write(path, lambda tmp, text=text: (Path(tmp).write_text(text, encoding="utf-8"), os.chmod(tmp, 0o644)))
+            atomic_text(path, text)
             print(f"wrote {path.relative_to(ROOT)}")
         else:
             stale.append(str(path.relative_to(ROOT)))

@@ -37,7 +37,6 @@ DIST_LABEL = "consensus distance  mean$_i\\,\\|x_i - \\bar{x}\\|^2$"
 def save(fig: Figure, stem: str | os.PathLike, dpi: int = 110) -> list[Path]:
     """Write ``stem.png`` and ``stem.svg``; return both paths."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for p in paths:
         atomic_write(p, lambda tmp, fmt=p.suffix[1:]: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt))

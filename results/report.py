@@ -173,10 +173,6 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
     return "\n".join(parts)
 
 
-def _write_json(path: Path, obj) -> None:
-    atomic_text(path, json.dumps(obj, indent=1, default=str))
-
-
 def _how_to_read(summary_df: pd.DataFrame, by: list[str], target_acc: float) -> str:
     """The paragraph under the summary table: what a row is and how each number was made."""
     from results import settings, style
@@ -233,7 +229,7 @@ def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os
         if fig is not None:
             figures[name] = plots.save(fig, out / name)[0]
             meta[name] = getattr(fig, "harness", {"legend": [], "notes": [], "panels": []})
-    _write_json(out / "figures.json", meta)
+    atomic_text(out / "figures.json", json.dumps(meta, indent=1, default=str))
     page = _html(root, s, table, figures, fig_errors, runs(root), problems, target_acc, meta)
     atomic_text(out / "index.html", page)
     return out

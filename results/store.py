@@ -26,15 +26,21 @@ METRICS = "metrics.parquet"
 RUN_JSON = "run.json"
 
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) and put back
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` for a temp file beside ``path``, then move it onto ``path``:
-    a reader (or a killed writer) never leaves half a file. The one way files are written."""
+    a reader (or a killed writer) never leaves half a file. The one way files are written.
+    The file gets the permissions a plain ``open(path, "w")`` would (``mkstemp`` makes 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -29,6 +29,12 @@ from tests.test_real_backends import BACKENDS
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _launch_env() -> dict:
+    """The environment of a calibrate/run/predict launch: one thread per rank, this checkout."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def _compute_trace(spec: dict, n=4, steps=400, seed=1) -> pd.DataFrame:
     t = ComputeTimes(ComputeSpec(**spec), n, seed)
     return pd.DataFrame([(w, s, t.sample(w)) for s in range(steps) for w in range(n)],
@@ -157,8 +163,7 @@ def test_calibrate_on_4_ranks_writes_a_fragment_that_loads_and_predicts(tmp_path
                                    "task": {"name": "digits", "hidden": [16], "batch_size": 16},
                                    "algorithm": {"name": "sync_sgd"}}))
     out = tmp_path / "calib"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = _launch_env()
     launcher = [_mpiexec(), "-n", "4", sys.executable] if backend == "mpi" else _torchrun(4)
     cmd = [*launcher, "-m", "harness.cli", "calibrate", str(cfg), "--backend", backend,
            "--out", str(out), "--sizes", "64,65536", "--reps", "3"]
@@ -212,8 +217,7 @@ def test_the_preset_calibrates_on_sync_sgd_and_predicts_the_four_algorithms(tmp_
     The errors themselves are measured by benchmarks/calibration.py (docs/benchmarks.md)."""
     from tests.test_real_backends import _mpiexec
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": "60",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = _launch_env()
     short = ["--set", "steps=30", "--set", "eval_every=30"]
     out, mpi = tmp_path / "calib", [_mpiexec(), "-n", "4", sys.executable, "-m", "harness.cli"]
     for argv in (["calibrate", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--out", out, "--sizes", "64,65536",

@@ -164,6 +164,9 @@ def test_store_round_trip_and_atomic_write(tmp_path):
     assert not (tmp_path / "bad" / "metrics.parquet").exists()
     write_json({"n": np.int64(3), "p": tmp_path}, tmp_path / "x.json")
     assert json.loads((tmp_path / "x.json").read_text()) == {"n": 3, "p": str(tmp_path)}
+    (tmp_path / "plain.txt").write_text("x")  # atomic files get a plain open()'s permissions, not mkstemp's 0600
+    for f in ("x.json", "a/metrics.parquet", "a/run.json"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777 != 0o600, f
 
 
 def test_load_merges_runs_with_cfg_columns(tmp_path):

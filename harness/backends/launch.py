@@ -107,4 +107,3 @@ def save_params(path, workers, server=None) -> Path:
     from results.store import atomic_write
 
     return atomic_write(path, lambda tmp: torch.save({"workers": workers, "server": server}, tmp))
-    return path
