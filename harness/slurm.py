@@ -15,6 +15,7 @@ The templates are plain sbatch files (Jinja2 placeholders) a user can copy and e
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import subprocess
@@ -123,12 +124,18 @@ def check_partition(partition: str) -> None:
 
 def script_for(a, runs, todo: list[int], out: Path) -> tuple[str, str]:
     cfg0 = runs[0]
-    sets = "".join(f" --set {shlex.quote(s)}" for s in [*a.sets, *([f"backend={a.backend}"] if a.backend else [])])
-    fields = dict(job_name=a.job_name or f"harness-{cfg0.name}", partition=a.partition, time=a.time,
-                  cpus_per_task=a.cpus_per_task, mem=a.mem, log_dir=shlex.quote(str(out / "slurm-logs")),
-                  sbatch_args=a.sbatch_arg, workdir=shlex.quote(str(Path.cwd())),
-                  harness=f"{shlex.quote(sys.executable)} -m harness.cli", config=shlex.quote(str(Path(a.config).resolve())),
-                  out=shlex.quote(str(out.resolve())), sets=sets)
+    check_args(a)
+    sets = [*a.sets, *([f"backend={a.backend}"] if a.backend else [])]
+    paths = {"--config": str(Path(a.config).resolve()), "--out": str(out.resolve()), "the current directory":
+             str(Path.cwd()), "the Python interpreter": sys.executable}
+    for what, text in paths.items():
+        _printable(what, text)
+    fields = dict(job_name=a.job_name or _SAFE_NAME.sub("_", f"harness-{cfg0.name}"), partition=a.partition,
+                  time=a.time, cpus_per_task=a.cpus_per_task, mem=a.mem,
+                  log_dir=shlex.quote(str(out / "slurm-logs")), sbatch_args=a.sbatch_arg,
+                  workdir=shlex.quote(paths["the current directory"]),
+                  harness=f"{shlex.quote(sys.executable)} -m harness.cli", config=shlex.quote(paths["--config"]),
+                  out=shlex.quote(paths["--out"]), sets="".join(f" --set {shlex.quote(s)}" for s in sets))
     if a.backend in ("mpi", "torch"):
         ranks = max(cfg.n_workers + (1 if _has_server(cfg) else 0) for cfg in (runs[i] for i in todo))
         per_node = a.ntasks_per_node or -(-ranks // a.nodes)
@@ -142,6 +149,56 @@ def script_for(a, runs, todo: list[int], out: Path) -> tuple[str, str]:
     return "array", render("array", **fields)
 
 
+# -- every value that reaches the script is checked: an sbatch script is a shell script, and
+# `#SBATCH` lines are parsed by sbatch itself (no shell quoting there), so a value with a newline
+# would start a line of its own (a command, or another #SBATCH option). [issue 21]
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORMATS = {  # option -> (pattern, what it must be)
+    "job_name": (r"[A-Za-z0-9._+-]{1,200}", "letters, digits, '.', '_', '+' or '-' (at most 200), e.g. my-sweep"),
+    "partition": (r"[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*", "a partition name (or a comma-separated list), e.g. cpu"),
+    "time": (r"(\d+|\d+:\d\d?|\d+:\d\d?:\d\d?|\d+-\d+|\d+-\d+:\d\d?|\d+-\d+:\d\d?:\d\d?|UNLIMITED|"
+             r"unlimited|INFINITE|infinite)",
+             "a SLURM time: MINUTES, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, e.g. 01:30:00"),
+    "mem": (r"\d+[KMGTkmgt]?", "a size in megabytes or with a unit K, M, G or T, e.g. 4G"),
+    "mpi": (r"[A-Za-z0-9_]+", "an srun --mpi plugin name, e.g. pmi2 or pmix"),
+}
+_COUNTS = {"cpus_per_task": 1, "max_concurrent": 1, "nodes": 1, "ntasks_per_node": 1, "gpus_per_node": 0}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _printable(what: str, text: str) -> None:
+    bad = _CONTROL.search(text)
+    if bad:
+        raise SlurmError(f"{what}: {text!r} contains the control character {bad.group()!r} (a newline would start "
+                         "a line of its own in the sbatch script); remove it")
+
+
+def check_args(a) -> None:
+    """Every option that is written into the sbatch script, checked before a line is written:
+    one line naming the option and its valid form."""
+    for dest, least in _COUNTS.items():
+        v = getattr(a, dest, None)
+        if v is not None and v < least:
+            raise SlurmError(f"{_flag(dest)} {v}: expected a whole number >= {least}")
+    for dest, (pattern, what) in _FORMATS.items():
+        v = getattr(a, dest, None)
+        if v is not None and not re.fullmatch(pattern, v):
+            raise SlurmError(f"{_flag(dest)} {v!r}: expected {what}")
+    for s in a.sets:  # shlex.quote would keep a newline inside quotes; refused all the same
+        _printable("--set", s)
+    for line in a.sbatch_arg:
+        _printable("--sbatch-arg", line)
+        if not line.startswith("-") or not line.strip():
+            raise SlurmError(f"--sbatch-arg {line!r}: expected an sbatch option that starts with '-', "
+                             "e.g. --sbatch-arg=--qos=low")
+    if a.out is not None and not a.out.strip():
+        raise SlurmError("--out: empty; give an output directory, e.g. --out runs/demo (or leave --out out)")
+
+
 def _has_server(cfg) -> bool:
     from harness import algorithms
 
@@ -149,6 +206,7 @@ def _has_server(cfg) -> bool:
 
 
 def submit(a) -> int:
+    check_args(a)  # before the config is read: a bad option is named even when the config is bad too
     runs = config_mod.load(a.config, a.sets + ([f"backend={a.backend}"] if a.backend else []))
     out = Path(a.out or Path("runs") / runs[0].name)
     todo = pending(runs, out)
