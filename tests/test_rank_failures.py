@@ -90,12 +90,13 @@ def _launch(backend: str, tmp: Path, sig: int):
     launcher's exit, run directory, processes of the job still alive 3 s after the exit)."""
     from harness.config import import_plugin, load
 
-    (tmp / "sig_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    import_plugin("sig_plugin.py", tmp)
+    shared = tmp.parent  # one plugin file for the session: registering it again from the same file is allowed
+    (shared / "sig_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    import_plugin("sig_plugin.py", shared)
     mark = tmp / "signalled"
     cfg = small("sync_sgd", steps=10, algorithm={"name": "signal_sgd", "sig": sig, "mark": str(mark)})
     config = tmp / "sig.yaml"
-    config.write_text(yaml.safe_dump({"imports": ["sig_plugin.py"], "cases": [_dump(cfg)]}))
+    config.write_text(yaml.safe_dump({"imports": ["../sig_plugin.py"], "cases": [_dump(cfg)]}))
     args = ["-m", "harness.cli", "run", str(config), "--backend", backend, "--out", str(tmp / "runs"), "--quiet"]
     cmd = [_mpiexec(), "-n", str(RANKS), sys.executable, *args] if backend == "mpi" else [*_torchrun(), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_TIMEOUT_S": str(TIMEOUT_S),

@@ -209,7 +209,7 @@ class Heartbeat:
         while True:
             told = claimed(self.dir)
             if told:
-                self._await_record()
+                self.await_record()
                 return told
             s = self.suspect(timeout)
             if s and not (s[2].get("supervised") and self._state(s[2]) == "gone" and time.monotonic() < end):
@@ -224,11 +224,13 @@ class Heartbeat:
             CULPRIT[:] = [b["pid"]]  # a transport's abort may end it first (end_culprit)
         return f"rank {k} ({b['where']}) {what}; noticed by rank {self.rank}: {_short(cause)}"
 
-    def _await_record(self, limit: float = 5.0) -> None:
+    def await_record(self, limit: float = 5.0) -> None:
         """Let the reporter finish writing ``run.json`` before this rank ends the job
         (``MPI_Abort`` kills every rank at once), and let its abort come first."""
         from harness.runinfo import run_status
 
+        if self._fd is None:
+            return
         end = time.monotonic() + limit
         while run_status(self.run_dir) != "failed" and time.monotonic() < end:
             time.sleep(0.05)

@@ -10,10 +10,18 @@ CUDA array interface), which needs a CUDA-aware MPI (not tested here). One-sided
 passive-target RMA window (``MPI.Win``) of one model-shaped tensor per rank, locked
 exclusively in ascending rank order; MPIs without an asynchronous progress engine may
 complete them only when the target next enters MPI (MPICH: ``MPICH_ASYNC_PROGRESS=1``).
+
+Waiting: MPICH's blocking calls poll in a tight loop, so while one rank is stopped the others
+burnt a core each for the whole ``HARNESS_TIMEOUT_S`` (300 s by default). Every blocking
+op here is a non-blocking one completed by :func:`wait`: ``Test`` in a tight loop for
+:data:`SPIN_S` (an op that normally completes is as fast as before), then ``Test`` with
+naps growing to :data:`NAP_S` (a wait that long is a straggler or a stopped peer; it costs
+at most that much latency). Object gathers and broadcasts wait on an ``Ibarrier`` first.
 """
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -22,6 +30,25 @@ import torch
 from harness.backends.supervisor import supervise
 from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
+SPIN_S = 0.5  # poll without sleeping this long, then nap
+NAP_S = 0.01  # the longest nap between polls
+
+
+def wait(reqs, status=None) -> None:
+    """Complete ``reqs`` (a request, whose ``status`` is filled, or a list): spin for
+    :data:`SPIN_S`, then poll with naps doubling from 1 ms to :data:`NAP_S`: a long wait
+    uses next to no CPU."""
+    if isinstance(reqs, list):
+        test = (lambda: type(reqs[0]).Testall(reqs)) if reqs else (lambda: True)
+    else:
+        test = (lambda: reqs.Test(status))
+    if test():
+        return
+    t0, nap = time.monotonic(), 0.001
+    while not test():
+        if time.monotonic() - t0 > SPIN_S:
+            time.sleep(nap)
+            nap = min(2 * nap, NAP_S)
 
 
 def _import_mpi():
@@ -69,24 +96,26 @@ class MPITransport(Transport):
         self.workers = self.world.Split(color, key=self.rank)
 
     def barrier(self):
-        self.world.Barrier()
+        wait(self.world.Ibarrier())
 
     def bcast_obj(self, obj):
+        wait(self.world.Ibarrier())  # every rank is here: the pickled broadcast does not wait
         return self.world.bcast(obj, root=0)
 
     def gather_obj(self, obj):
+        wait(self.world.Ibarrier())
         return self.world.gather(obj, root=0)
 
     def allreduce_sum(self, x):
         x = x.detach().contiguous()
         out = torch.empty_like(x)
-        self.workers.Allreduce(self._buf(x), self._buf(out), op=self.MPI.SUM)
+        wait(self.workers.Iallreduce(self._buf(x), self._buf(out), op=self.MPI.SUM))
         return out
 
     def allgather(self, x):
         x = x.detach().contiguous()
         out = torch.empty((self.workers.Get_size(), *x.shape), dtype=x.dtype, device=x.device)
-        self.workers.Allgather(self._buf(x), self._buf(out))
+        wait(self.workers.Iallgather(self._buf(x), self._buf(out)))
         return out
 
     def exchange(self, x, outs, ins):
@@ -95,7 +124,7 @@ class MPITransport(Transport):
         reqs = [self.gossip_comm.Isend(sb, dest=j, tag=t) for j, t in outs.items()]
         got = {j: torch.empty_like(x) for j in ins}
         reqs += [self.gossip_comm.Irecv(self._buf(got[j]), source=j, tag=t) for j, t in ins.items()]
-        self.MPI.Request.Waitall(reqs)
+        wait(reqs)
         return got
 
     def win_create(self, x):
@@ -132,19 +161,17 @@ class MPITransport(Transport):
         self._prune()
 
     def recv(self, src, tag):
-        import time
-
         MPI = self.MPI
         status = MPI.Status()
         h = np.empty(HEADER_LEN, dtype=np.int64)
         t0 = time.perf_counter()
-        self.hdr.Recv(h, source=MPI.ANY_SOURCE if src < 0 else src, tag=MPI.ANY_TAG if tag is None else tag,
-                      status=status)
+        req = self.hdr.Irecv(h, source=MPI.ANY_SOURCE if src < 0 else src, tag=MPI.ANY_TAG if tag is None else tag)
+        wait(req, status)
         waited = time.perf_counter() - t0
         s, got_tag = status.Get_source(), status.Get_tag()
         _, dtype, shape, nbytes = from_header(h)
         x = torch.empty(shape, dtype=dtype)
-        self.data.Recv(self._buf(x), source=s, tag=got_tag)
+        wait(self.data.Irecv(self._buf(x), source=s, tag=got_tag))
         return s, got_tag, x, waited, nbytes
 
     def gather_eval(self, x, counters):
@@ -153,13 +180,14 @@ class MPITransport(Transport):
         n = self.workers.Get_size()
         X = torch.empty((n, *x.shape), dtype=x.dtype, device=x.device) if root else None
         C = np.empty((n, len(counters)), dtype=np.float64) if root else None
-        self.workers.Gather(self._buf(x), self._buf(X) if root else None, root=0)
-        self.workers.Gather(np.ascontiguousarray(counters, dtype=np.float64), C, root=0)
+        c = np.ascontiguousarray(counters, dtype=np.float64)
+        wait([self.workers.Igather(self._buf(x), self._buf(X) if root else None, root=0),
+              self.workers.Igather(c, C, root=0)])
         return (X, C) if root else None
 
     def finish(self):
         if self.pending:
-            self.MPI.Request.Waitall([r for r, _ in self.pending])
+            wait([r for r, _ in self.pending])
             self.pending = []
 
     def close(self):

@@ -118,6 +118,8 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         # closed, ...) must not overwrite it. The failing rank writes before it exits, so
         # its peers notice only afterwards.
         first = hb.claim(msg) and run_status(run_dir) != "failed"
+        if not first:  # the reporter may still be writing run.json: an abort now would kill it mid-way
+            hb.await_record()
         if blamed and not first:  # the first reporter said it all: one line per job
             tr.abort(msg)
             os._exit(1)
