@@ -28,11 +28,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness import algorithms, capabilities, tasks
+from harness import algorithms, capabilities, tasks, yamlio
 from simulators.compute import ComputeSpec
 from simulators.faults import FaultSpec
 from harness.cost import NetworkSpec
 from harness.calibration.slowdown import SlowdownSpec
+from harness.recording import DivergenceSpec
 
 BACKENDS = ("simpy", "stacked", "mpi", "torch")  # mpi, torch: real backends (harness/backends/)
 
@@ -61,6 +62,8 @@ class RunConfig(BaseModel):
     slowdown: SlowdownSpec | None = Field(None, description="real backends: workers that sleep a drawn time per Grad (issue 17)")
     on_divergence: Literal["stop", "continue"] = Field(
         "stop", description="a non-finite loss or model ends the run as 'diverged' (stop) or only marks it (continue)")
+    divergence: DivergenceSpec = Field(default_factory=DivergenceSpec,
+                                       description="[issue 21] when a finite loss counts as diverged (loss_factor)")
 
     @field_validator("algorithm", "task", "topology", mode="before")
     @classmethod
@@ -90,6 +93,8 @@ class RunConfig(BaseModel):
         dump = self.model_dump()
         if dump["on_divergence"] == "stop":  # the default leaves run ids as they were before the field
             del dump["on_divergence"]
+        if dump["divergence"] == DivergenceSpec().model_dump():  # [issue 21] likewise
+            del dump["divergence"]
         for key in ("slowdown",):  # [issue 17] new fields, unset: run ids stay as they were
             if dump[key] is None:
                 del dump[key]
@@ -200,36 +205,8 @@ def check_backend(cfg: RunConfig) -> None:
     capabilities.check(cfg.backend, features, f"algorithm {name!r}")
 
 
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    pass
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last
-    silently: ``steps: 10`` then ``steps: 20`` would run 20 steps without a word)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(None, None, f"duplicate key {key!r}", key_node.start_mark)
-                    seen.add(key)
-                except TypeError:  # an unhashable key: PyYAML itself says so below
-                    pass
-        return super().construct_mapping(node, deep)
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML text (safe types only, duplicate keys refused); raises ``yaml.YAMLError``."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except RecursionError:
-        raise yaml.YAMLError("nested too deeply") from None
+_DuplicateKey = yamlio.DuplicateKey  # [issue 21] YAML 1.2 scalars, bounded aliases: harness/yamlio.py
+yaml_load = yamlio.load
 
 
 def _yaml_problem(e: Exception) -> str:
@@ -359,6 +336,8 @@ def load(path: str | Path, sets: list[str] | None = None) -> list[RunConfig]:
     except _DuplicateKey as e:
         raise ConfigError(f"{path}: line {e.problem_mark.line + 1}: {e.problem}; keep one of them "
                           "(YAML would silently use the last)") from None
+    except yamlio.AliasError as e:  # [issue 21] valid YAML, refused: recursive or exploding aliases
+        raise ConfigError(f"{path}: line {e.problem_mark.line + 1}: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -89,3 +89,65 @@ def test_slurm_good_values_still_make_a_script(capsys, cfg, tmp_path):
                  "#SBATCH --partition=cpu,gpu", "#SBATCH --qos=low", "#SBATCH --nodes=1"):
         assert line in out.splitlines(), (line, out)
     assert "--set steps=3" in out
+
+
+# -- item 9: YAML ----------------------------------------------------------------------------------------
+def laughs(levels: int, width: int = 9) -> str:
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * width)}]" for k in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text,words", [
+    ("grid: &g {seed: *g}\n", ("line 7", "recursive alias *g")),
+    ("x: &a [1, [2, *a]]\n", ("line 7", "recursive alias *a")),
+    ("cases: &c [{algorithm: local_sgd}, *c]\n", ("recursive alias *c",)),
+    (laughs(7), ("line", "aliases expand", "100000")),
+    ("task: &t {hidden: [4]}\n" + laughs(6).replace("lol", "*t"), ("aliases expand",)),
+])
+def test_yaml_aliases_are_bounded(capsys, tmp_path, text, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + text)
+    t0 = time.perf_counter()
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")
+    assert rc == 2 and out == ""
+    one_line(err, "c.yaml", *words)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_yaml_aliases_within_bounds_still_work(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm: sync_sgd\nn_workers: 2\nsteps: 2\ntask: &t {hidden: [4]}\n"
+                    "cases: [{task: *t}, {algorithm: local_sgd, task: *t}]\n")
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")
+    assert rc == 0 and len(out.splitlines()) == 2, err
+    from harness.config import yaml_load
+
+    assert yaml_load("b: &b {x: 1}\nc: {<<: *b, y: 2}\n") == {"b": {"x": 1}, "c": {"x": 1, "y": 2}}  # merge keys
+
+
+@pytest.mark.parametrize("field,value", [("steps", "1:30"), ("n_workers", "0:4"), ("eval_every", "1:00:00"),
+                                         ("seed", "1_0:0")])
+def test_yaml_base_60_is_not_a_number(capsys, tmp_path, field, value):
+    path = tmp_path / "c.yaml"
+    lines = [line for line in CONFIG.splitlines() if not line.startswith(f"{field}:")]
+    path.write_text("\n".join([*lines, f"{field}: {value}"]) + "\n")
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")
+    assert rc == 2, out
+    one_line(err, field)
+
+
+def test_yaml_1_2_scalars():
+    from harness.config import yaml_load
+
+    got = yaml_load("a: 1:30\nb: yes\nc: off\non: 1\nd: 010\ne: 0o17\nf: 0x1F\ng: 1e-3\nh: .inf\ni: ~\nj: True\n"
+                    "k: 2001-12-14\nl: +5\nm: -2.5e+2\n")
+    assert got == {"a": "1:30", "b": "yes", "c": "off", "on": 1, "d": 10, "e": 15, "f": 31, "g": 0.001,
+                   "h": float("inf"), "i": None, "j": True, "k": "2001-12-14", "l": 5, "m": -250.0}
+    assert [type(got[k]) for k in "dgl"] == [int, float, int]
+
+
+def test_yaml_set_values_use_the_same_rules(capsys, cfg, tmp_path):
+    rc, out, err = harness(capsys, "run", cfg, "--out", tmp_path / "o", "--list", "--set", "steps=1:30")
+    assert rc == 2
+    one_line(err, "steps")
