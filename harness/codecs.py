@@ -105,6 +105,25 @@ class Bits(Codec):
 
 
 CASTS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CODECS: dict = {}  # user codecs: name -> factory(spec, *args) -> Codec (see register)
+
+
+def register(name: str):
+    """Decorator: ``factory(spec, *args) -> Codec`` builds codec ``name`` (spec ``name`` or
+    ``name:arg:...``, the arguments as strings). A user's codec is one file::
+
+        @codecs.register("int8")
+        def int8(spec):
+            return Int8(spec, summable=False)
+
+    A built-in name cannot be replaced."""
+    if name in CASTS or name in ("sign", "topk", "bits"):
+        raise ValueError(f"codecs.register: {name!r} is a built-in codec; choose another name")
+
+    def deco(factory):
+        CODECS[name] = factory
+        return factory
+    return deco
 
 
 def parse(spec: str | Codec | None) -> Codec | None:
@@ -127,10 +146,16 @@ def parse(spec: str | Codec | None) -> Codec | None:
             return TopK(spec, False, r, len(args) == 2)
         if name == "bits" and len(args) == 1 and int(args[0]) >= 0:
             return Bits(spec, True, int(args[0]))
-    except ValueError:
-        pass
+        if name in CODECS:
+            c = CODECS[name](spec, *args)
+            if not isinstance(c, Codec):
+                raise TypeError(f"codec: the factory of {name!r} returned {c!r}, not a harness.codecs.Codec")
+            return c
+    except (ValueError, TypeError) as e:
+        if name in CODECS:
+            raise ValueError(f"codec: {spec!r}: {e}") from None
     raise ValueError(f"codec: unknown or malformed codec {spec!r}; use bf16, fp16, sign, topk:RATIO[:delta] "
-                     "(RATIO < 1 a fraction, >= 1 a count) or bits:B")
+                     f"(RATIO < 1 a fraction, >= 1 a count), bits:B{''.join(', ' + k for k in sorted(CODECS))}")
 
 
 def check(spec: str | None) -> str | None:
@@ -139,4 +164,4 @@ def check(spec: str | None) -> str | None:
     return spec
 
 
-__all__ = ["Bits", "Cast", "Codec", "Sign", "TopK", "check", "parse"]
+__all__ = ["CODECS", "Bits", "Cast", "Codec", "Sign", "TopK", "check", "parse", "register"]

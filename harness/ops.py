@@ -50,12 +50,13 @@ belong to workers and hold one model-shaped tensor each (the initial model until
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-from harness import codecs
+from harness import aggregators, codecs
+from harness.aggregators import fold
 from harness.cost import Cost, NetworkSpec
 
 ANY = -1  # Recv from any source
@@ -104,14 +105,6 @@ def with_wire(op, codec):
     return op
 
 
-def fold(terms: Sequence[Tensor]) -> Tensor:
-    """``t_0 + t_1 + ...`` left to right: the one summation order of every backend."""
-    acc = terms[0]
-    for t in terms[1:]:
-        acc = acc + t
-    return acc
-
-
 def mix(coefs: Sequence[Tensor], terms: Sequence[Tensor], valid: Sequence[Tensor] | None = None) -> Tensor:
     """``sum_k coefs[k] * terms[k]`` left to right; ``valid[k]`` masks padded terms (stacked;
     ``None``: all valid).
@@ -129,18 +122,27 @@ class Grad:
     """Minibatch loss and gradient at ``x`` (costs ``batches`` compute units). ``part``: a
     data part (shard index; ``[]`` or ``[n]`` tensor, or int) instead of the worker's own."""
 
+    pattern: ClassVar[str] = "compute"
     x: Tensor
     batches: int = 1
     part: Any = None
     members: Any = None
+
+    def skip(self, n: int):
+        """A non-member's result: NaN loss, zero gradient."""
+        return torch.tensor(float("nan"), dtype=self.x.dtype), torch.zeros_like(self.x)
 
 
 @dataclass(frozen=True)
 class Compute:
     """Spend ``cost`` compute units (one unit = one minibatch gradient) without data."""
 
+    pattern: ClassVar[str] = "compute"
     cost: float = 1.0
     members: Any = None
+
+    def skip(self, n: int):
+        return None
 
 
 class Quorum(NamedTuple):
@@ -151,55 +153,91 @@ class Quorum(NamedTuple):
     arrived: Tensor
 
 
+class Collective:
+    """The *collective* pattern: every member contributes one payload ``x`` (through its
+    ``codec``); ``combine(payloads, ids)`` (payloads in ascending worker order ``ids``) is
+    what every member gets; ``cost(net, sizes, ids)`` prices it; ``skip(n)`` is what a
+    non-member gets. ``native`` names a transport primitive that computes the same thing
+    (``"sum"``: an all-reduce, then ``finish(total, m)``; ``"gather"``: an all-gather) or is
+    ``None`` (members exchange payloads and each combines them). A new collective is a
+    frozen dataclass with fields ``x``, ``members``, ``codec`` and these methods: every
+    interpreter runs it (see ``tests/plugins/broadcast_op.py``)."""
+
+    pattern: ClassVar[str] = "collective"
+    native: ClassVar[str | None] = None
+
+    def skip(self, n: int):
+        return self.x
+
+    def finish(self, total: Tensor, m: int) -> Tensor:
+        return total
+
+
 @dataclass(frozen=True)
-class AllReduce:
+class AllReduce(Collective):
     """Reduce ``x`` over the members; every member gets the result.
 
-    ``quorum=k`` (backup workers, Chen et al. arXiv 1604.00981): reduce only the first ``k``
-    arrivals (ties: lower index first); the others' computation is cut short when the
-    result is out; the result is a :class:`Quorum`. ``codec``: payloads as received
-    through it (:mod:`harness.codecs`); a codec that cannot be summed is gathered."""
+    ``reduce``: the aggregator (:mod:`harness.aggregators`; default ``op``, ``"mean"`` or
+    ``"sum"``): a linear one is a native all-reduce, a non-linear one (``median``, a user's
+    Krum) is priced as the all-gather it needs. ``quorum=k`` (backup workers, Chen et al.
+    arXiv 1604.00981): reduce only the first ``k`` arrivals (ties: lower index first); the
+    others' computation is cut short when the result is out; the result is a
+    :class:`Quorum`. ``codec``: payloads as received through it (:mod:`harness.codecs`); a
+    codec that cannot be summed is gathered."""
 
     x: Tensor
     op: str = "mean"
     quorum: int | None = None
     members: Any = None
     codec: Any = None
+    reduce: Any = None
 
     def __post_init__(self):
         if self.op not in ("mean", "sum"):
             raise ValueError(f"AllReduce.op must be 'mean' or 'sum', got {self.op!r}")
-        codecs.parse(self.codec)
+        c = codecs.parse(self.codec)
+        agg = aggregators.parse(self.op if self.reduce is None else self.reduce)
+        object.__setattr__(self, "aggregator", agg)
+        object.__setattr__(self, "_gather", not agg.linear or (c is not None and not c.summable))
 
-    def combine(self, payloads: Sequence[Tensor]) -> Tensor:
+    @property
+    def native(self):
+        return None if self._gather else "sum"
+
+    def finish(self, total: Tensor, m: int) -> Tensor:
+        return self.aggregator.finish(total, m)
+
+    def combine(self, payloads: Sequence[Tensor], ids=None) -> Tensor:
         """The reduction of the payloads (in ascending worker order)."""
-        total = fold(payloads)
-        return total / len(payloads) if self.op == "mean" else total
+        return self.aggregator.combine(payloads)
 
     def cost(self, net: NetworkSpec, sizes: Sequence[int], ids: Sequence[int]) -> Cost:
-        c = codecs.parse(self.codec)
-        if c is not None and not c.summable:
+        if self._gather:  # not reducible on the way: every payload travels
             return net.allgather_cost(sizes, ids)
         return net.allreduce_cost(max(sizes), ids)
 
 
 @dataclass(frozen=True)
-class AllGather:
+class AllGather(Collective):
     """Gather every member's ``x``: ``[m, *x.shape]`` per worker, ``[n, m, *row]`` stacked
     (each worker's own copy). For small things (losses, norms); a ring all-gather."""
 
+    native: ClassVar[str | None] = "gather"
     x: Tensor
     members: Any = None
     codec: Any = None
 
-    def combine(self, payloads: Sequence[Tensor]) -> Tensor:
+    def combine(self, payloads: Sequence[Tensor], ids=None) -> Tensor:
         return torch.stack(list(payloads))
 
     def cost(self, net: NetworkSpec, sizes: Sequence[int], ids: Sequence[int]) -> Cost:
         return net.allgather_cost(sizes, ids)
 
+    def skip(self, n: int):
+        return torch.zeros((len(member_ids(self.members, n)), *self.x.shape), dtype=self.x.dtype)
 
-COLLECTIVES = (AllReduce, AllGather)
+
+COLLECTIVES = (Collective,)
 
 
 @dataclass(frozen=True)
@@ -208,6 +246,8 @@ class Gossip:
     ``x_i <- sum_j W(step)[i, j] x_j``, ``j`` ascending (own ``x`` uncoded, neighbours' through
     ``codec``). Costs one message per out-edge. Matched per edge by sequence number."""
 
+    pattern: ClassVar[str] = "gossip"
+    feature: ClassVar[str] = "gossip"
     x: Tensor
     step: int
     codec: Any = None
@@ -222,11 +262,27 @@ class Peers(NamedTuple):
     outs: Tensor
 
 
+class Local:
+    """The *local* pattern: a question a worker asks its backend, answered without
+    communication by ``local(env, w)`` for worker ``w`` (the stacked backend stacks the
+    answers of all workers). ``env`` offers ``draw(w)`` (the worker's random stream),
+    ``rate(w)`` (compute units per second so far) and ``peers(w, step)``."""
+
+    pattern: ClassVar[str] = "local"
+
+    def local(self, env, w: int):
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Neighbors:
+class Neighbors(Local):
     """This worker's peers in the topology at ``step`` (no communication)."""
 
+    feature: ClassVar[str] = "gossip"
     step: int
+
+    def local(self, env, w):
+        return env.peers(w, self.step)
 
     @staticmethod
     def peers(W, i: int) -> Peers:
@@ -237,8 +293,17 @@ class Neighbors:
         return Peers(torch.as_tensor((W[i] > 0) & off), torch.as_tensor((W[:, i] > 0) & off))
 
 
+class OneSided:
+    """The *one-sided* pattern: ``update(windows)`` maps the target windows (``[mine,
+    theirs]`` for a pairwise op, else ``[theirs]``) to their new values; ``update = None``
+    reads. The peer yields nothing."""
+
+    pattern: ClassVar[str] = "onesided"
+    feature: ClassVar[str] = "onesided"
+
+
 @dataclass(frozen=True)
-class Put:
+class Put(OneSided):
     """Write ``x`` into worker ``peer``'s window (``SELF``: my own); the peer yields nothing."""
 
     peer: Any
@@ -249,7 +314,7 @@ class Put:
 
 
 @dataclass(frozen=True)
-class Accumulate:
+class Accumulate(OneSided):
     """Add ``x`` into worker ``peer``'s window, atomically."""
 
     peer: Any
@@ -260,7 +325,7 @@ class Accumulate:
 
 
 @dataclass(frozen=True)
-class Get:
+class Get(OneSided):
     """Read worker ``peer``'s window."""
 
     peer: Any
@@ -268,7 +333,7 @@ class Get:
 
 
 @dataclass(frozen=True)
-class Exchange:
+class Exchange(OneSided):
     """Atomic pairwise averaging (AD-PSGD): both my window and ``peer``'s become
     ``(1 - weight) mine + weight theirs`` and ``weight mine + (1 - weight) theirs``; returns
     my new window."""
@@ -291,11 +356,7 @@ ONESIDED = (Put, Accumulate, Get, Exchange)
 def skipped(op, n: int):
     """What a non-member of ``op.members`` gets back (``n`` workers): its own input, untouched
     (``Grad``: NaN loss and zero gradient; ``AllGather``: zeros of the gathered shape)."""
-    if isinstance(op, Grad):
-        return torch.tensor(float("nan"), dtype=op.x.dtype), torch.zeros_like(op.x)
-    if isinstance(op, AllGather):
-        return torch.zeros((len(member_ids(op.members, n)), *op.x.shape), dtype=op.x.dtype)
-    return getattr(op, "x", None)
+    return op.skip(n)
 
 
 class WorkerFailed(RuntimeError):
@@ -322,16 +383,22 @@ def retrying(op):
 
 
 @dataclass(frozen=True)
-class Rand:
+class Rand(Local):
     """A ``U[0, 1)`` draw per worker (``[]``, or ``[n]`` stacked), from the worker's own
     seeded stream, so every backend draws the same numbers."""
 
+    def local(self, env, w):
+        return env.draw(w)
+
 
 @dataclass(frozen=True)
-class Rate:
+class Rate(Local):
     """This worker's measured compute speed so far: compute units per second of its own
     compute time (simulated or wall clock); 0 before the first computation. The one
     window onto time an algorithm gets (dynamic local updates)."""
+
+    def local(self, env, w):
+        return env.rate(w)
 
 
 @dataclass(frozen=True)
@@ -340,7 +407,9 @@ class Start:
     from ``Wait(handle)``. Only the part not hidden behind computation counts as
     communication/idle time."""
 
-    op: AllReduce | AllGather
+    pattern: ClassVar[str] = "start"
+    feature: ClassVar[str] = "overlap"
+    op: Collective
 
 
 @dataclass(frozen=True)
@@ -350,6 +419,8 @@ class Handle:
 
 @dataclass(frozen=True)
 class Wait:
+    pattern: ClassVar[str] = "wait"
+    feature: ClassVar[str] = "overlap"
     handle: Handle
 
 
@@ -358,6 +429,8 @@ class Send:
     """Send ``x`` to rank ``dst`` with an integer ``tag`` (buffered: returns once the
     message has left this rank); ``codec``: the receiver gets the round-tripped payload."""
 
+    pattern: ClassVar[str] = "send"
+    feature: ClassVar[str] = "p2p"
     dst: int
     x: Tensor
     tag: int = 0
@@ -369,6 +442,8 @@ class Recv:
     """Wait for the next message from rank ``src`` (``ANY``: from anyone) with ``tag``
     (``None``: any tag). Messages from one sender arrive in the order they were sent."""
 
+    pattern: ClassVar[str] = "recv"
+    feature: ClassVar[str] = "p2p"
     src: int = ANY
     tag: int | None = None
 
@@ -390,6 +465,7 @@ class Record:
     the latest minibatch loss; ``metrics``: extra numeric columns. On a server,
     ``staleness=s, src=rank`` makes an ``update`` row instead (one per applied update)."""
 
+    pattern: ClassVar[str] = "record"
     step: int
     x: Tensor
     loss: Tensor | float | None = None
@@ -400,9 +476,40 @@ class Record:
     src: int | None = None
 
 
-Op = (Grad | Compute | AllReduce | AllGather | Gossip | Neighbors | Put | Accumulate | Get | Exchange | Rand | Rate
-      | Start | Wait | Send | Recv | Record)
+@dataclass(frozen=True)
+class LoadState:
+    """The *state* pattern: read this worker's row of keyed state ``name`` at ``key`` (an int,
+    ``[]`` or ``[n]`` stacked: a client or worker id in ``0..ctx.n_clients-1``); a key never
+    saved reads ``default`` (this worker's row of the initial state: a tensor or a tuple of
+    tensors). The backend owns the rows (stacked: ``[K, ...]`` tensors; SimPy: a store; a real
+    rank: the rows of the keys it hosts), so state outlives a worker playing a key."""
 
-# What each op needs from a backend, by feature name (see harness.capabilities).
-FEATURES = {Gossip: "gossip", Neighbors: "gossip", Send: "p2p", Recv: "p2p", Start: "overlap", Wait: "overlap",
-            Put: "onesided", Accumulate: "onesided", Get: "onesided", Exchange: "onesided"}
+    pattern: ClassVar[str] = "state"
+    name: str
+    key: Any
+    default: Any
+    members: Any = None
+
+    def skip(self, n: int):
+        return self.default
+
+
+@dataclass(frozen=True)
+class SaveState:
+    """Write this worker's row ``value`` of keyed state ``name`` at ``key`` (members only: a
+    non-member's row does not change)."""
+
+    pattern: ClassVar[str] = "state"
+    name: str
+    key: Any
+    value: Any
+    members: Any = None
+
+    def skip(self, n: int):
+        return None
+
+
+Op = (Grad | Compute | Collective | Gossip | Local | OneSided | Start | Wait | Send | Recv | Record | LoadState
+      | SaveState)
+
+PATTERNS = ("compute", "collective", "gossip", "local", "onesided", "start", "wait", "send", "recv", "record", "state")

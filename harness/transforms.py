@@ -57,7 +57,7 @@ def adamw(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-
 
     def update(g, state, p):
         m, v, t = state
-        t += 1
+        t = t + 1  # never in place: a tensor count (masked or keyed state) may be shared
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         m_hat = m / (1 - b1**t)

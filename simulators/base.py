@@ -51,6 +51,7 @@ class Simulator:
         self.offset = 1 if getattr(run.algorithm, "has_server", False) else 0  # rank 0 = server
         self.ranks = self.n + self.offset
         self.stats = Stats(self.ranks)
+        self.units = [0.0] * self.ranks  # compute units done, for Rate
         # one stream per worker, and stream n for a server (as on the real backends)
         self.rngs = [np.random.default_rng([run.ctx.seed, i, 17]) for i in range(self.n + 1)]
 
@@ -71,6 +72,12 @@ class Simulator:
                 self.run.recorder.event(w, "recovered", at + f.spec.recover_after_s, self.stats, slot=w + self.offset)
                 down += f.spec.recover_after_s
         return dt, down
+
+    def rate(self, w: int) -> torch.Tensor:
+        """Worker ``w``'s compute units per second of its compute so far (``Rate``)."""
+        r = w + self.offset
+        busy = self.stats.compute_s[r]
+        return torch.tensor(self.units[r] / busy if busy > 0 else 0.0, dtype=torch.float64)
 
     def w(self, rank: int) -> int:
         """Worker index of a rank (-1 for the server)."""

@@ -26,6 +26,7 @@ import simpy
 import torch
 
 from harness import ops
+from harness.keyed import DictStore
 from simulators.base import BackendError, Simulator
 from simulators.simpy_p2p import P2PMixin
 
@@ -62,15 +63,10 @@ class SimPyBackend(P2PMixin, Simulator):
         self.holding = [None] * self.ranks  # when each rank's current compute ends
         self.alive = set(range(self.n))
         self.handles = [[] for _ in range(self.ranks)]
-        self.units = [0.0] * self.ranks  # compute units done, for Rate
         self.sat_out: set[int] = set()  # ranks whose last Grad skipped them (members=)
         self.all_ids = tuple(range(self.n))
-        self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._collective,
-                         ops.AllGather: self._collective, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                         ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
-                         ops.Start: self._start, ops.Wait: self._wait, ops.Rate: self._rate,
-                         ops.Neighbors: self._neighbors, ops.Put: self._onesided, ops.Accumulate: self._onesided,
-                         ops.Get: self._onesided, ops.Exchange: self._onesided}
+        self.store = DictStore(self.run.ctx.n_clients)  # keyed state: one store, the server side
+        self.handlers = self.patterns()
         self.procs = procs = [self.env.process(self._process(r, x0.clone())) for r in range(self.ranks)]
         self.env.run()
         stuck = [r for r, p in enumerate(procs) if not p.triggered]
@@ -78,6 +74,12 @@ class SimPyBackend(P2PMixin, Simulator):
             raise RuntimeError(f"simulation deadlocked: ranks {stuck} wait on a communication nobody completes "
                                "(do all workers yield the same collectives in the same order?)")
         return torch.stack([self.final[r] for r in range(self.offset, self.ranks) if r in self.final])
+
+    def patterns(self) -> dict:
+        """One handler per op pattern (:data:`harness.ops.PATTERNS`)."""
+        return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
+                "local": self._local, "send": self._send, "recv": self._recv, "record": self._record,
+                "start": self._start, "wait": self._wait, "onesided": self._onesided, "state": self._state}
 
     def _process(self, r, x):
         ctx = replace(self.run.ctx, index=torch.tensor(max(self.w(r), 0)), rank=r,
@@ -92,7 +94,7 @@ class SimPyBackend(P2PMixin, Simulator):
                 return
             failure = None
             op = ops.with_wire(op, self.run.task.wire_codec)
-            handler = self.handlers.get(type(op))
+            handler = self.handlers.get(getattr(op, "pattern", None))
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
             try:
@@ -126,7 +128,11 @@ class SimPyBackend(P2PMixin, Simulator):
         self.holding[r] = None
         self.stats.time[r] = self.env.now
 
-    def _grad(self, r, op):
+    def _compute(self, r, op):
+        if not isinstance(op, ops.Grad):  # work without data
+            if self._member(r, op)[1]:
+                yield from self._hold(r, op.cost)
+            return None
         w = self.w(r)
         if w < 0:
             raise ValueError("Grad: the server has no data; only workers compute gradients")
@@ -138,14 +144,10 @@ class SimPyBackend(P2PMixin, Simulator):
         yield from self._hold(r, op.batches)
         return out
 
-    def _compute(self, r, op):
-        if self._member(r, op)[1]:
-            yield from self._hold(r, op.cost)
-
     # -- collectives -----------------------------------------------------------------------
     def _start(self, r, op):
         """Arrive at the collective now, hand back a handle; ``_wait`` collects."""
-        if not isinstance(op.op, ops.COLLECTIVES):
+        if getattr(op.op, "pattern", None) != "collective":
             raise BackendError(f"Start: only AllReduce/AllGather can be started, got {type(op.op).__name__}")
         gen = self._collective(r, op.op, pending=True)
         try:
@@ -192,7 +194,7 @@ class SimPyBackend(P2PMixin, Simulator):
         if c.arrivals == min(quorum or len(ids), len(live)):
             c.started = True
             got = sorted(c.payloads)
-            value = op.combine([c.payloads[j] for j in got])
+            value = op.combine([c.payloads[j] for j in got], got)
             size = max(c.sizes.values())
             c.cost = op.cost(self.run.network, [c.sizes.get(j, size) for j in ids], ids)
             if quorum:
@@ -274,9 +276,6 @@ class SimPyBackend(P2PMixin, Simulator):
         yield self.env.timeout(delay)
         yield self.mailboxes[dst].put((tag, x))
 
-    def _neighbors(self, r, op):
-        return self.peers(self.w(r), op.step)
-        yield  # a handler is a generator even when it never waits
 
     def _onesided(self, r, op):
         """The initiator pays the op's cost, then the windows change atomically."""
@@ -302,13 +301,17 @@ class SimPyBackend(P2PMixin, Simulator):
         return win[w] if isinstance(op, ops.Exchange) else None
 
     # -- the rest --------------------------------------------------------------------------
-    def _rate(self, r, op):
-        busy = self.stats.compute_s[r]
-        return torch.tensor(self.units[r] / busy if busy > 0 else 0.0, dtype=torch.float64)
+    def _local(self, r, op):
+        return op.local(self, self.w(r))
         yield  # a handler is a generator even when it never waits
 
-    def _rand(self, r, op):
-        return self.draw(self.w(r))
+    def _state(self, r, op):
+        if not self._member(r, op)[1]:
+            return op.skip(self.n)
+        if isinstance(op, ops.LoadState):
+            return self.store.load(op.name, op.key, op.default)
+        self.store.save(op.name, op.key, op.value)
+        return None
         yield  # a handler is a generator even when it never waits
 
     def _record(self, r, op):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from harness import ops
+from harness.keyed import RowStore
 from simulators.base import BackendError, Simulator
 
 
@@ -35,12 +36,10 @@ class StackedBackend(Simulator):
         self.start(x0)
         self._link_cache, self._handles, self._slot_cache, self._sat_out = {}, [], {}, set()
         self.all_ids = tuple(range(self.n))
+        self.store = RowStore(self.run.ctx.n_clients)
         X = x0.expand(self.n, -1).clone()
         gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
-        handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._collective,
-                    ops.AllGather: self._collective, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                    ops.Record: self._record, ops.Start: self._start, ops.Wait: self._wait,
-                    ops.Neighbors: self._neighbors}
+        handlers = self.handlers()
         value = None
         while True:
             try:
@@ -48,11 +47,17 @@ class StackedBackend(Simulator):
             except StopIteration as stop:
                 return stop.value
             op = ops.with_wire(op, self.run.task.wire_codec)
-            h = handlers.get(type(op))
+            h = handlers.get(getattr(op, "pattern", None))
             if h is None:
                 raise BackendError(f"backend: the stacked backend cannot run {type(op).__name__} ops "
                                    f"(algorithm {self.run.algorithm.algorithm_name!r}); use --backend simpy")
             value = h(op)
+
+    def handlers(self) -> dict:
+        """One handler per op pattern (:data:`harness.ops.PATTERNS`)."""
+        return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
+                "local": self._local, "record": self._record, "start": self._start, "wait": self._wait,
+                "state": self._state}
 
     def _ids(self, op) -> tuple[int, ...]:
         return self.all_ids if op.members is None else ops.member_ids(op.members, self.n)
@@ -60,12 +65,16 @@ class StackedBackend(Simulator):
     # -- compute ---------------------------------------------------------------------------
     def _hold(self, cost, ids):
         for i in ids:
+            self.units[i] += cost
             dt, down = self.compute_seconds(i, self.stats.time[i], cost)
             self.stats.compute_s[i] += dt
             self.stats.idle_s[i] += down  # down after a crash: neither computing nor communicating
             self.stats.time[i] += dt + down
 
-    def _grad(self, op):
+    def _compute(self, op):
+        if not isinstance(op, ops.Grad):  # work without data
+            self._hold(op.cost, self._ids(op))
+            return None
         ids = self._ids(op)
         # workers that sit out: their NaN loss is no divergence (Recorder.check_loss)
         self._sat_out = () if op.members is None else set(self.all_ids) - set(ids)
@@ -79,9 +88,6 @@ class StackedBackend(Simulator):
                    torch.zeros_like(op.x).index_copy(0, rows, g))
         self._hold(op.batches, ids)
         return out
-
-    def _compute(self, op):
-        self._hold(op.cost, self._ids(op))
 
     # -- collectives -----------------------------------------------------------------------
     def _collective(self, op, pending=False):
@@ -99,15 +105,15 @@ class StackedBackend(Simulator):
                 if self.stats.time[i] > done:
                     self.stats.compute_s[i] -= self.stats.time[i] - done
                     self.stats.time[i] = done
-        value = op.combine([wired[p][0] for p in use])
-        if isinstance(op, ops.AllGather):
-            out = torch.zeros((self.n, *value.shape), dtype=value.dtype)
-            out[list(ids)] = value
-        elif ids == self.all_ids:
-            out = value.expand_as(op.x).clone()
-        else:
+        value = op.combine([wired[p][0] for p in use], [ids[p] for p in use])
+        if ids == self.all_ids:
+            out = value.expand(self.n, *value.shape).clone()
+        elif type(op).skip is ops.Collective.skip:  # a non-member keeps its input
             out = op.x.clone()
             out[list(ids)] = value
+        else:
+            inside = set(ids)
+            out = torch.stack([value if i in inside else replace(op, x=op.x[i]).skip(self.n) for i in range(self.n)])
         if quorum:
             arrived = torch.zeros(self.n, dtype=torch.bool)
             arrived[[ids[p] for p in use]] = True
@@ -130,7 +136,7 @@ class StackedBackend(Simulator):
     def _start(self, op):
         """Non-blocking collective: the result is ready at ``F = max_{j in S} T_j + cost``;
         the clocks move (and the traffic is counted) at ``Wait``: ``T_i = max(T_i, F)``."""
-        if not isinstance(op.op, ops.COLLECTIVES):
+        if getattr(op.op, "pattern", None) != "collective":
             raise BackendError(f"Start: only AllReduce/AllGather can be started, got {type(op.op).__name__}")
         if getattr(op.op, "quorum", None):
             raise BackendError("Start(AllReduce(quorum=...)): backup workers need a blocking AllReduce")
@@ -208,13 +214,20 @@ class StackedBackend(Simulator):
             self._link_cache[nbytes] = self.run.network.link_matrix(nbytes, self.n)
         return self._link_cache[nbytes]
 
-    def _neighbors(self, op):
-        ins, outs = zip(*(self.peers(i, op.step) for i in range(self.n)))
-        return ops.Peers(torch.stack(ins), torch.stack(outs))
-
     # -- the rest --------------------------------------------------------------------------
-    def _rand(self, op):
-        return torch.stack([self.draw(i) for i in range(self.n)])
+    def _local(self, op):
+        """Every worker's answer, stacked (a tensor, or a NamedTuple of tensors)."""
+        got = [op.local(self, i) for i in range(self.n)]
+        if isinstance(got[0], tuple):
+            return type(got[0])(*(torch.stack(f) for f in zip(*got)))
+        return torch.stack(got)
+
+    def _state(self, op):
+        rows = list(self._ids(op))
+        if isinstance(op, ops.LoadState):
+            return self.store.load(op.name, op.key, op.default, rows)
+        self.store.save(op.name, op.key, op.value, rows)
+        return None
 
     def _record(self, op):
         rec, loss = self.run.recorder, op.loss

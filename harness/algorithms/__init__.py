@@ -29,7 +29,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 from harness.transforms import Optimizer
 
 ALGORITHMS: dict[str, Callable] = {}
-FEATURES = frozenset({"gossip", "quorum", "p2p", "overlap", "members", "peers", "onesided", "codec", "part"})
+FEATURES = frozenset({"gossip", "quorum", "p2p", "overlap", "members", "onesided", "codec", "part"})
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,10 @@ class Ctx:
     ``index`` is this worker's index as a tensor: a 0-d ``tensor(i)`` on per-worker
     backends, ``arange(n)`` on the stacked one, so ``v.gather(-1, ctx.index[..., None])``
     picks "my entry" of a gathered ``[..., n]`` value on both. ``segments`` are the
-    ``(start, end)`` ranges of the model's parameter tensors in the flat vector (layers).
+    ``(start, end)`` ranges of the model's parameter tensors in the flat vector (layers);
+    ``params`` their ``(name, shape)`` in the same order. ``n_clients`` is the number of keys
+    of keyed state (:func:`harness.parts.keyed`): the clients of a federated run, else the
+    workers.
     """
 
     n_workers: int
@@ -49,6 +52,12 @@ class Ctx:
     segments: tuple = ()
     role: str = "worker"  # "server" on rank 0 of algorithms registered with server=True
     rank: int = -1  # process rank for Send/Recv (server algorithms only; server = 0)
+    n_clients: int = 0  # 0: as many as workers
+    params: tuple = ()  # ((name, shape), ...) of the task's parameter tensors
+
+    def __post_init__(self):
+        if not self.n_clients:
+            object.__setattr__(self, "n_clients", self.n_workers)
 
     def mine(self, gathered):
         """This worker's entry of a gathered ``[..., n]`` tensor (``[]``, or ``[n]`` stacked)."""
@@ -65,16 +74,29 @@ class Ctx:
 
 
 def register(name: str, server: bool = False, requires: set[str] | Callable[[dict], set[str]] = frozenset(),
-             check: Callable[[dict, int], None] | None = None):
-    """Register an algorithm. ``server=True``: it also runs as a server on rank 0 (roles).
+             check: Callable[[dict, int], None] | None = None, replace: bool = False):
+    """Register an algorithm: a generator function ``fn(ctx, x, *, hyper-parameters)`` or a
+    *part factory* ``fn(*, hyper-parameters) -> Part`` (:mod:`harness.parts`), run by
+    :func:`harness.parts.run`. ``server=True``: it also runs as a server on rank 0 (roles).
     ``requires``: the backend features it uses (:data:`FEATURES`), or a function of the validated
     (flat) params returning them. ``check(params, n_workers)``: cross-field rules that need the
-    run; raises ``ValueError("algorithm.<field>: ...")``."""
+    run; raises ``ValueError("algorithm.<field>: ...")``. A name that exists (a built-in or an
+    earlier plugin) is refused unless ``replace=True``."""
     if not callable(requires) and set(requires) - FEATURES:
         raise ValueError(f"register({name!r}): unknown feature(s) {sorted(set(requires) - FEATURES)}; known: {sorted(FEATURES)}")
+    if not _LOADING:
+        _load_builtin()  # so that a plugin can never be overwritten by a built-in loaded later
 
     def deco(fn):
-        fn = _splice(fn)
+        origin = (getattr(getattr(fn, "__code__", None), "co_filename", None), getattr(fn, "__qualname__", None))
+        old = ALGORITHMS.get(name)
+        # the same function registered again (a plugin file imported twice) is no conflict
+        if old is not None and not replace and getattr(old, "origin", None) != origin:
+            raise ValueError(f"register({name!r}): an algorithm of that name exists already "
+                             f"({getattr(old, 'origin', ('?',))[0]}); choose another name, or "
+                             f"register({name!r}, replace=True)")
+        fn = _as_generator(_splice(fn))
+        fn.origin = origin
         ALGORITHMS[name] = fn
         fn.algorithm_name = name
         fn.has_server = server
@@ -83,6 +105,30 @@ def register(name: str, server: bool = False, requires: set[str] | Callable[[dic
         return fn
 
     return deco
+
+
+def _as_generator(fn):
+    """``fn`` itself if it takes ``(ctx, x, ...)``; for a part factory (keyword-only parameters
+    only), a generator function ``(ctx, x, **hp)`` that runs ``fn(**hp)`` with
+    :func:`harness.parts.run`."""
+    sig = inspect.signature(fn)
+    if any(p.kind is not inspect.Parameter.KEYWORD_ONLY for p in sig.parameters.values()):
+        return fn
+
+    @functools.wraps(fn)
+    def algorithm(ctx, x, **kw):
+        from harness.parts import Part, run
+
+        p = fn(**kw)
+        if not isinstance(p, Part):
+            raise TypeError(f"algorithm {fn.__name__!r} takes only hyper-parameters, so it must return a "
+                            f"harness.parts.Part, got {type(p).__name__}")
+        return run(p, ctx, x)
+
+    pos = [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in ("ctx", "x")]
+    algorithm.__signature__ = sig.replace(parameters=[*pos, *sig.parameters.values()])
+    algorithm.factory = fn
+    return algorithm
 
 
 def optimizer_keys(param: str) -> dict[str, str]:
@@ -175,10 +221,22 @@ def check(name: str, params: dict[str, Any], n_workers: int) -> None:
         hook(validate_params(name, {k: v for k, v in params.items() if k != "name"}), n_workers)
 
 
+_LOADING = False
+_LOADED = False
+
+
 def _load_builtin():
-    # Imported lazily so that registering a user algorithm never needs these modules.
-    from harness.algorithms import (async_easgd, async_local_sgd, async_sgd, diloco, dppf, dpsgd, easgd, grawa, local_sgd, lsgd,  # noqa: F401
-                                    palsgd, post_local_sgd, qsr, sync_sgd)
+    # Imported lazily so that reading a config never needs these modules.
+    global _LOADING, _LOADED
+    if _LOADED or _LOADING:
+        return
+    _LOADING = True
+    try:
+        from harness.algorithms import (async_easgd, async_local_sgd, async_sgd, diloco, dppf, dpsgd, easgd, grawa,  # noqa: F401
+                                        local_sgd, lsgd, palsgd, post_local_sgd, qsr, sync_sgd)
+        _LOADED = True
+    finally:
+        _LOADING = False
 
 
 __all__ = ["ALGORITHMS", "FEATURES", "Ctx", "Optimizer", "check", "get", "hyperparameters", "optimizer_keys", "register",

@@ -19,24 +19,14 @@ spec (keys ``outer``, ``outer_lr``, ``outer_momentum``, ``outer_nesterov``, ...)
 for ``outer_lr`` is read at the local step of each outer step.
 A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
+from harness import parts
 from harness.algorithms import register
-from harness.algorithms.blocks import Optimizer, Period, every, outer_step
-from harness.ops import Grad, Record
+from harness.algorithms.blocks import Optimizer, Period, every
+from harness.parts import chain, grad, local_step, when
 
 
 @register("diloco")
-def diloco(ctx, x, *, period: Period = 20,
+def diloco(*, period: Period = 20,
            inner: Optimizer = Optimizer(name="adamw", lr=3e-3, weight_decay=0.1, beta1=0.9, beta2=0.95),
            outer: Optimizer = Optimizer(lr=0.7, momentum=0.9, nesterov=True)):
-    opt, lr_at = inner.build(ctx.steps)
-    out, out_lr = outer.build(ctx.steps)
-    sync, state, theta, outer_state = every(period), opt.init(x), x, out.init(x)
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        u, state = opt.update(g, state, x)
-        x = x + lr_at(t) * u
-        if sync(t):
-            theta, outer_state = yield from outer_step(theta, x, out, outer_state, out_lr(t))
-            x = theta
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss)
-    return x
+    return chain(grad(), local_step(inner), when(every(period), parts.outer(outer)))

@@ -23,24 +23,17 @@ import torch
 
 from harness.algorithms import register
 from harness.algorithms.blocks import Fraction, NonNegative, Optimizer, Period, every, mean_average
-from harness.ops import Grad, Record
+from harness.parts import chain, grad, local_step, part, when
 
 
 @register("dppf")
-def dppf(ctx, x, *, tau: Period = 4, alpha: Fraction = 0.5, lam: NonNegative = 0.05,
+def dppf(*, tau: Period = 4, alpha: Fraction = 0.5, lam: NonNegative = 0.05,
          inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
-    opt, lr_at = inner.build(ctx.steps)
-    sync, state = every(tau), opt.init(x)
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        u, state = opt.update(g, state, x)
-        x = x + lr_at(t) * u
-        metrics = {}
-        if sync(t):
-            d = x - (yield from mean_average(x))
-            r = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
-            push = torch.where(r > 0, d / r.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(d))
-            x = x - alpha * d + lam * push
-            metrics = {"dist": r.squeeze(-1)}
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics=metrics)
-    return x
+    def pull_push(ctx, s, state):
+        x = s.x
+        d = x - (yield from mean_average(x))
+        r = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
+        push = torch.where(r > 0, d / r.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(d))
+        return s._replace(x=x - alpha * d + lam * push, metrics={"dist": r.squeeze(-1)}), state
+
+    return chain(grad(), local_step(inner), when(every(tau), part(pull_push)))

@@ -8,17 +8,11 @@ topology. Cost per step: one model-sized message per graph edge and direction; a
 waits only for its neighbours.
 """
 from harness.algorithms import register
-from harness.algorithms.blocks import Optimizer, gossip_average
-from harness.ops import Grad, Record
+from harness.algorithms.blocks import Optimizer, every
+from harness.parts import apply, chain, gossip, grad, opt_update, when
 
 
 @register("dpsgd", requires={"gossip"})
-def dpsgd(ctx, x, *, inner: Optimizer = Optimizer(lr=0.1)):
-    opt, lr_at = inner.build(ctx.steps)
-    state = opt.init(x)
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        u, state = opt.update(g, state, x)
-        x = (yield from gossip_average(x, step=t)) + lr_at(t) * u
-        yield Record(step=t + 1, round=t + 1, x=x, loss=loss)
-    return x
+def dpsgd(*, inner: Optimizer = Optimizer(lr=0.1)):
+    # the update is computed at x_i, then applied to the mixed model
+    return chain(grad(), opt_update(inner), when(every(1), gossip), apply)

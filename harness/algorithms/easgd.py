@@ -23,20 +23,18 @@ import torch
 
 from harness.algorithms import register
 from harness.algorithms.blocks import Fraction, Optimizer, Period, elastic_pull, every
-from harness.ops import Grad, Record
+from harness.parts import chain, grad, local_step, part
 
 
 @register("easgd")
-def easgd(ctx, x, *, tau: Period = 4, beta: Fraction = 0.1, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
-    alpha = beta / ctx.n_workers
-    opt, lr_at = inner.build(ctx.steps)
-    sync, state, center = every(tau), opt.init(x), x
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        u, state = opt.update(g, state, x)
-        x = x + lr_at(t) * u
-        if sync(t):
-            x, center = yield from elastic_pull(x, center, alpha, beta)
-        dist = torch.linalg.vector_norm(x - center, dim=-1)
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics={"center_dist": dist}, eval_x=center)
-    return x
+def easgd(*, tau: Period = 4, beta: Fraction = 0.1, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
+    sync = every(tau)
+
+    def elastic(ctx, s, center):  # state: the centre x_c, starting at the initial model
+        if sync(s.t):
+            x, center = yield from elastic_pull(s.x, center, beta / ctx.n_workers, beta)
+            s = s._replace(x=x, round=s.round + 1)
+        dist = torch.linalg.vector_norm(s.x - center, dim=-1)
+        return s._replace(metrics={"center_dist": dist}, eval_x=center), center
+
+    return chain(grad(), local_step(inner), part(elastic, init=lambda ctx, x: x))

@@ -27,42 +27,44 @@ import torch
 
 from harness.algorithms import register
 from harness.algorithms.blocks import Fraction, NonNegative, Optimizer, Period, Smoothing, every, weighted_average
-from harness.ops import Grad, Record
+from harness.ops import Grad
+from harness.parts import chain, grad, local_step, part
 
 SGD = Optimizer(lr=0.1, momentum=0.9)
 
 
-def _grawa(ctx, x, layerwise, tau, alpha, p2, smoothing, inner):
-    segs = ctx.segments or ((0, x.shape[-1]),)
-    sizes = torch.tensor([e - s for s, e in segs])
-    opt, lr_at = inner.build(ctx.steps)
-    sync, state, center, m = every(tau), opt.init(x), x, 0.0
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        u, state = opt.update(g, state, x)
-        x = x + lr_at(t) * u
+def _grawa(layerwise, tau, alpha, p2, smoothing, inner):
+    sync = every(tau)
+
+    def pull(ctx, s, state):  # state: the last centre x_c (initially the start model), the smoothed norms m
+        center, m = state
+        x = s.x
         if p2:
             x = x - (p2 / tau) * (x - center)
-        if sync(t):
+        if sync(s.t):
+            segs = ctx.segments or ((0, x.shape[-1]),)
             _, gc = yield Grad(x)                                            # one extra minibatch
-            nu = torch.stack([torch.linalg.vector_norm(gc[..., s:e], dim=-1) for s, e in segs], -1)
+            nu = torch.stack([torch.linalg.vector_norm(gc[..., a:b], dim=-1) for a, b in segs], -1)
             if not layerwise:
                 nu = nu.sum(-1, keepdim=True)
             m = smoothing * m + (1 - smoothing) * nu
-            inv = 1 / (m / (1 - smoothing**sync.round(t))).clamp_min(1e-12)  # [L] or [n, L]
-            center = yield from weighted_average(x, inv, sizes if layerwise else None)
+            inv = 1 / (m / (1 - smoothing**sync.round(s.t))).clamp_min(1e-12)  # [L] or [n, L]
+            sizes = torch.tensor([b - a for a, b in segs]) if layerwise else None
+            center = yield from weighted_average(x, inv, sizes)
             x = (1 - alpha) * x + alpha * center
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss)
-    return x
+            s = s._replace(round=s.round + 1)
+        return s._replace(x=x), (center, m)
+
+    return chain(grad(), local_step(inner), part(pull, init=lambda ctx, x: (x, 0.0)))
 
 
 @register("mgrawa")
-def mgrawa(ctx, x, *, tau: Period = 8, alpha: Fraction = 0.5, p2: NonNegative = 0.01, smoothing: Smoothing = 0.43,
+def mgrawa(*, tau: Period = 8, alpha: Fraction = 0.5, p2: NonNegative = 0.01, smoothing: Smoothing = 0.43,
            inner: Optimizer = SGD):
-    return (yield from _grawa(ctx, x, False, tau, alpha, p2, smoothing, inner))
+    return _grawa(False, tau, alpha, p2, smoothing, inner)
 
 
 @register("lgrawa")
-def lgrawa(ctx, x, *, tau: Period = 8, alpha: Fraction = 0.5, p2: NonNegative = 0.01, smoothing: Smoothing = 0.43,
+def lgrawa(*, tau: Period = 8, alpha: Fraction = 0.5, p2: NonNegative = 0.01, smoothing: Smoothing = 0.43,
            inner: Optimizer = SGD):
-    return (yield from _grawa(ctx, x, True, tau, alpha, p2, smoothing, inner))
+    return _grawa(True, tau, alpha, p2, smoothing, inner)

@@ -24,26 +24,25 @@ import torch
 
 from harness.algorithms import register
 from harness.algorithms.blocks import Optimizer, Period, Unit, every
-from harness.ops import AllGather, AllReduce, Grad, Record
+from harness.ops import AllGather, AllReduce
+from harness.parts import chain, grad, opt_update, part
 
 
 @register("lsgd")
-def lsgd(ctx, x, *, tau: Period = 4, pull: Unit = 0.1, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
-    opt, lr_at = inner.build(ctx.steps)
-    sync, state, leader = every(tau), opt.init(x), x
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        u, state = opt.update(g, state, x)
-        step = lr_at(t) * u
-        metrics = {}
-        if sync(t):
-            losses = yield AllGather(loss)                                   # [n] or [n, n]
+def lsgd(*, tau: Period = 4, pull: Unit = 0.1, inner: Optimizer = Optimizer(lr=0.1, momentum=0.9)):
+    sync = every(tau)
+
+    def follow(ctx, s, leader):  # state: the last elected leader (the start model before the first)
+        x, step, metrics = s.x, s.lr * s.update, {}
+        if sync(s.t):
+            losses = yield AllGather(s.loss)                                 # [n] or [n, n]
             onehot = torch.nn.functional.one_hot(losses.argmin(-1), ctx.n_workers).to(x.dtype)
             mine = ctx.mine(onehot)
             leader = yield AllReduce(mine.unsqueeze(-1) * x, op="sum")
             step = step - pull * (x - leader)
             metrics = {"is_leader": mine}
-        x = x + step
-        # what LSGD ships is the leader (the last one elected; the start model before the first)
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss, metrics=metrics, eval_x=leader)
-    return x
+            s = s._replace(round=s.round + 1)
+        # what LSGD ships is the leader
+        return s._replace(x=x + step, metrics=metrics, eval_x=leader), leader
+
+    return chain(grad(), opt_update(inner), part(follow, init=lambda ctx, x: x))

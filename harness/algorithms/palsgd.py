@@ -21,9 +21,11 @@ A worker that crashes for good (fault policy ``continue``) drops out of the aver
 """
 import torch
 
+from harness import parts
 from harness.algorithms import register
-from harness.algorithms.blocks import Optimizer, Period, Positive, Prob, Steps, after, every, mean_average, outer_step
-from harness.ops import Grad, Rand, Record
+from harness.algorithms.blocks import Optimizer, Period, Positive, Prob, Steps, after, every
+from harness.ops import Rand
+from harness.parts import average, chain, grad, opt_update, part, select, tensorize, when
 
 
 def _check(p, n_workers):
@@ -32,28 +34,27 @@ def _check(p, n_workers):
 
 
 @register("palsgd", check=_check)
-def palsgd(ctx, x, *, period: Period = 32, p: Prob = 0.2, eta: Positive = 0.1, sync_warmup: Steps = 0,
+def palsgd(*, period: Period = 32, p: Prob = 0.2, eta: Positive = 0.1, sync_warmup: Steps = 0,
            inner: Optimizer = Optimizer(lr=0.1, momentum=0.9, beta2=0.95),
            outer: Optimizer = Optimizer(lr=0.7, momentum=0.9, nesterov=True)):
-    opt, lr_at = inner.build(ctx.steps)
-    out, out_lr = outer.build(ctx.steps)
-    # integer counters (AdamW's step) become per-worker tensors so that they can be masked
-    state = tuple(torch.zeros_like(x[..., :1]) + s if isinstance(s, int) else s for s in opt.init(x))
-    sync, theta, outer_state = after(sync_warmup).then(every(period)), x, out.init(x)
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        if t < sync_warmup:
-            g = yield from mean_average(g)
-        u, new = opt.update(g, tuple(s.clone() for s in state), x)  # AdamW's t += 1 is in place
-        if t < sync_warmup:  # synchronous SGD
-            x = x + lr_at(t) * u
-            state, theta = new, x
-        else:
-            pseudo = ((yield Rand()) < p).unsqueeze(-1)
-            state = tuple(torch.where(pseudo, s, n) for s, n in zip(state, new))
-            x = torch.where(pseudo, x - (eta / p) * (x - theta), x + lr_at(t) / (1 - p) * u)
-            if sync(t):
-                theta, outer_state = yield from outer_step(theta, x, out, outer_state, out_lr(t))
-                x = theta
-        yield Record(step=t + 1, round=min(t + 1, sync_warmup) + sync.round(t), x=x, loss=loss)
-    return x
+    sync, upd, out = after(sync_warmup).then(every(period)), opt_update(inner), parts.outer(outer)
+
+    def init(ctx, x):  # the inner optimizer's state (counts as tensors: masked per worker), theta and its optimizer
+        return tensorize(upd.init(ctx, x), x), out.init(ctx, x)
+
+    def step(ctx, s, state):
+        inner_state, outer_state = state
+        s, new = yield from upd.step(ctx, s, inner_state)
+        if s.t < sync_warmup:  # synchronous SGD (the gradients were averaged); theta follows x
+            x = s.x + s.lr * s.update
+            return s._replace(x=x), (new, (x, outer_state[1]))
+        theta = outer_state[0]
+        pseudo = (yield Rand()) < p
+        x = torch.where(pseudo.unsqueeze(-1), s.x - (eta / p) * (s.x - theta), s.x + s.lr / (1 - p) * s.update)
+        s, inner_state = s._replace(x=x), select(pseudo, inner_state, new)  # a pseudo-sync keeps its state
+        if sync(s.t):
+            s, outer_state = yield from out.step(ctx, s, outer_state)
+            s = s._replace(round=s.round + 1)
+        return s, (inner_state, outer_state)
+
+    return chain(grad(), when(lambda t: t < sync_warmup, average("grad")), part(step, init=init))

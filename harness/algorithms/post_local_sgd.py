@@ -13,23 +13,17 @@ the digits task's lr 0.1.
 A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
 from harness.algorithms import register
-from harness.algorithms.blocks import Optimizer, Period, Steps, after, every, mean_average
-from harness.ops import Grad, Record
+from harness.algorithms.blocks import Optimizer, Period, Steps, after, every
+from harness.parts import average, chain, grad, local_step, when
 
 
 @register("post_local_sgd")
-def post_local_sgd(ctx, x, *, switch: Steps | None = None, period: Period = 16,
+def post_local_sgd(*, switch: Steps | None = None, period: Period = 16,
                    inner: Optimizer = Optimizer(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)):
-    switch = ctx.steps // 2 if switch is None else switch
-    opt, lr_at = inner.build(ctx.steps)
-    sync, state = after(switch).then(every(period)), opt.init(x)
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        if t < switch:  # synchronous SGD: average the gradients
-            g = yield from mean_average(g)
-        u, state = opt.update(g, state, x)
-        x = x + lr_at(t) * u
-        if sync(t):  # Local SGD: average the models
-            x = yield from mean_average(x)
-        yield Record(step=t + 1, round=min(t + 1, switch) + sync.round(t), x=x, loss=loss)
-    return x
+    def at(ctx):
+        return ctx.steps // 2 if switch is None else switch
+
+    return chain(grad(),
+                 when(lambda ctx, t: t < at(ctx), average("grad")),  # synchronous SGD: average the gradients
+                 local_step(inner),
+                 when(lambda ctx, t: after(at(ctx)).then(every(period))(t), average()))  # Local SGD: the models

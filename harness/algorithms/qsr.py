@@ -15,25 +15,28 @@ to AdamW learning rates (~1e-3); with this SGD's lr 0.1 it would lengthen rounds
 the last ~5% of the run, so alpha defaults to 0.1 (H > 4 once lr < 0.05). Exponent 2.
 A worker that crashes for good (fault policy ``continue``) drops out of the averages.
 """
+import functools
+
 import torch
 
 from harness import schedules
 from harness.algorithms import register
 from harness.algorithms.blocks import NonNegative, Optimizer, Period, mean_average, qsr_rule
-from harness.ops import Grad, Record
+from harness.parts import chain, grad, local_step, part
+
+
+@functools.lru_cache(maxsize=16)
+def _rule(h_base, alpha, inner, steps):
+    return qsr_rule(h_base, alpha, inner.build(steps).lr, steps)
 
 
 @register("qsr")
-def qsr(ctx, x, *, h_base: Period = 4, alpha: NonNegative = 0.1,
+def qsr(*, h_base: Period = 4, alpha: NonNegative = 0.1,
         inner: Optimizer = Optimizer(lr=schedules.spec("cosine", lr=0.1), momentum=0.9)):
-    opt, lr_at = inner.build(ctx.steps)
-    sync, state = qsr_rule(h_base, alpha, lr_at, ctx.steps), opt.init(x)
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        u, state = opt.update(g, state, x)
-        x = x + lr_at(t) * u
-        if sync(t):
-            x = yield from mean_average(x)
-        yield Record(step=t + 1, round=sync.round(t), x=x, loss=loss,
-                     metrics={"H": torch.full_like(loss, sync.period(t))})
-    return x
+    def sync(ctx, s, state):
+        rule = _rule(h_base, alpha, inner, ctx.steps)
+        if rule(s.t):
+            s = s._replace(x=(yield from mean_average(s.x)), round=s.round + 1)
+        return s._replace(metrics={"H": torch.full_like(s.loss, rule.period(s.t))}), state
+
+    return chain(grad(), local_step(inner), part(sync))

@@ -9,8 +9,8 @@ Cost: one gradient-sized ring all-reduce per step, 2(n-1)/n model-sized vectors 
 arrive; the step time becomes the (n-b)-th order statistic of the compute times.
 """
 from harness.algorithms import register
-from harness.algorithms.blocks import Optimizer, Steps
-from harness.ops import AllReduce, Grad, Record, retrying
+from harness.algorithms.blocks import Optimizer, Steps, every
+from harness.parts import average, chain, grad, local_step, part, when
 
 
 def _check(p, n_workers):
@@ -19,14 +19,8 @@ def _check(p, n_workers):
 
 
 @register("sync_sgd", requires=lambda p: {"quorum"} if p["backup"] else set(), check=_check)
-def sync_sgd(ctx, x, *, inner: Optimizer = Optimizer(lr=0.1), backup: Steps = 0):
-    opt, lr_at = inner.build(ctx.steps)
-    state = opt.init(x)
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        g = yield from retrying(AllReduce(g, op="mean", quorum=ctx.n_workers - backup if backup else None))
-        g = g.value if backup else g  # a quorum all-reduce also says who arrived (g.arrived)
-        u, state = opt.update(g, state, x)
-        x = x + lr_at(t) * u
-        yield Record(step=t + 1, round=t + 1, x=x, loss=loss)
-    return x
+def sync_sgd(*, inner: Optimizer = Optimizer(lr=0.1), backup: Steps = 0):
+    def average_grads(ctx, s, state):  # the quorum needs n, known at run time
+        return (yield from average("grad", quorum=ctx.n_workers - backup if backup else None).step(ctx, s, state))
+
+    return chain(grad(), when(every(1), part(average_grads)), local_step(inner))

@@ -38,7 +38,6 @@ steps; under ``stop`` the ranks agree there and stop together (:mod:`~harness.ba
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
@@ -52,6 +51,7 @@ from harness.backends.rank_comm import CommHandlers
 from harness.backends.rank_divergence import DivergenceChecks, Stop
 from harness.backends.transport import COUNTER_VALUES, Clock, Counters, DeferredRecorder, Transport, Watchdog
 from harness.cost import Traffic
+from harness.keyed import DictStore
 from harness.recording import COUNTERS, Stats
 from harness.runinfo import meta_columns
 from harness.tasks import Sampler, build_task
@@ -88,23 +88,27 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.clock = Clock()
         self.mark = 0.0  # clock time at which the current op began / the last timed op ended
         self.dog = Watchdog(op_timeout_s(), on_timeout)
-        self.handlers = {ops.Grad: self._grad, ops.Compute: self._compute, ops.AllReduce: self._collective,
-                         ops.AllGather: self._collective, ops.Gossip: self._gossip, ops.Rand: self._rand,
-                         ops.Send: self._send, ops.Recv: self._recv, ops.Record: self._record,
-                         ops.Rate: self._rate, ops.Start: self._start, ops.Wait: self._wait,
-                         ops.Neighbors: self._neighbors, ops.Put: self._onesided, ops.Accumulate: self._onesided,
-                         ops.Get: self._onesided, ops.Exchange: self._onesided}
+        self.handlers = self.patterns()
         self.all_ids = tuple(range(self.n))
+        # keyed state: the rows of the keys this rank hosts (key % n_workers == its worker index)
+        self.store = DictStore(self.n, hosted=lambda k: k % self.n == self.i)
         self.seq: dict = {}  # (member set) -> collectives done over it; ("g", src, dst) -> gossip messages
         self.units, self.pending = 0.0, []  # compute units done (Rate); started collectives
         self.step_hint = 0  # last recorded step, for error messages
         self.div: dict | None = None  # this rank's first divergence; after an agreement, the run's
         self.sat_out = False  # the last Grad skipped this worker (members=): its NaN loss is by design
-        self.agree = cfg.on_divergence == "stop" and not self.server_alg
+        self.agree = cfg.on_divergence == "stop"  # lock-step: agree at evaluations; server methods: END messages
+        self.tr = self._divergence_setup(cfg, tr)  # the loss rule; server methods: a transport that sees END
         self.last_x = None  # the model of the last Record: the final model when the run stops early
         from harness.calibration.slowdown import sleeper
 
         self.slow = sleeper(cfg, self.i)  # [issue 17] slowdown: injected sleep after each Grad, or None
+
+    def patterns(self) -> dict:
+        """One handler per op pattern (:data:`harness.ops.PATTERNS`)."""
+        return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
+                "local": self._local, "send": self._send, "recv": self._recv, "record": self._record,
+                "start": self._start, "wait": self._wait, "onesided": self._onesided, "state": self._state}
 
     @property
     def where(self) -> str:
@@ -142,7 +146,7 @@ class RankDriver(CommHandlers, DivergenceChecks):
             if self.on_op is not None:
                 self.on_op(op)
             op = ops.with_wire(op, self.task.wire_codec)
-            handler = self.handlers.get(type(op))
+            handler = self.handlers.get(getattr(op, "pattern", None))
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
             try:
@@ -152,6 +156,8 @@ class RankDriver(CommHandlers, DivergenceChecks):
                 final = self.last_x
                 break
         self.loop_s = self.clock.now()  # training time: wall since the start barrier, evaluation excluded
+        self._end_run()  # server methods: END messages tell the others of a stop (rank_divergence)
+        final = x0 if final is None else final  # stopped before its first Record
         self._comm("waiting for sent messages to leave", self.tr.finish)
         self.dog.stop()
         self._write_rows()
@@ -187,7 +193,14 @@ class RankDriver(CommHandlers, DivergenceChecks):
         ids = self.all_ids if op.members is None else ops.member_ids(op.members, self.n)
         return ids, self.i in ids
 
-    def _grad(self, op):
+    def _compute(self, op):
+        if not isinstance(op, ops.Grad):  # work without data: sleep what it costs here
+            if not self._member(op)[1]:
+                return None
+            time.sleep(max(0.0, float(op.cost)) * self.t_unit)
+            self._hold_done()
+            self.units += float(op.cost)
+            return None
         if self.role == "server":
             raise ValueError("Grad: the server rank has no data shard; only workers compute gradients")
         self.sat_out = not self._member(op)[1]
@@ -200,13 +213,6 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self._hold_done()
         self.units += op.batches
         return out
-
-    def _compute(self, op):
-        if not self._member(op)[1]:
-            return None
-        time.sleep(max(0.0, float(op.cost)) * self.t_unit)
-        self._hold_done()
-        self.units += float(op.cost)
 
     def _comm(self, desc, fn, traffic: Traffic | None = None, *args):
         """``fn(*args)`` timed as communication, under the watchdog."""
@@ -225,14 +231,35 @@ class RankDriver(CommHandlers, DivergenceChecks):
             ctr.messages += traffic.messages
         return out
 
-    def _rate(self, op):
+    # -- the local pattern: the env of ops.Local (this rank answers for itself only) --------
+    def _local(self, op):
+        return op.local(self, self.i)
+
+    def rate(self, w):
         busy = self.ctr.compute_s
         return torch.tensor(self.units / busy if busy > 0 else 0.0, dtype=torch.float64)
 
-    def _rand(self, op):
+    def draw(self, w):
         return torch.tensor(self.rng.random(), dtype=torch.float64)
 
+    def peers(self, w, step):
+        return ops.Neighbors.peers(self._topology("Neighbors").W(step), self.i)
+
+    def _state(self, op):
+        if self.role == "server" or not self._member(op)[1]:
+            return op.skip(self.n)
+        if isinstance(op, ops.LoadState):
+            return self.store.load(op.name, op.key, op.default)
+        self.store.save(op.name, op.key, op.value)
+        return None
+
     def _record(self, op):
+        self._record_row(op)
+        if op.x is not None:
+            self.last_x = op.x  # also a server's update rows: its final model if it stops
+        self._stop_if_diverged()  # server methods under stop: leave once the row is kept
+
+    def _record_row(self, op):
         rec, step = self.rec, op.step
         self.ctr.time = self.mark
         self.step_hint = step
@@ -245,8 +272,8 @@ class RankDriver(CommHandlers, DivergenceChecks):
         loss = None
         if self.role == "worker":
             loss = op.loss.item() if isinstance(op.loss, torch.Tensor) else op.loss
-            if self.div is None and loss is not None and not self.sat_out and not math.isfinite(loss):
-                self._diverged(step, "train_loss", torch.tensor([loss]))
+            if self.div is None and loss is not None and not self.sat_out:
+                self._check_loss(step, loss)  # non-finite or blown up (divergence.loss_factor)
         if not evaluate and step % rec.log_every and step != rec.steps:
             return None  # no row at this step (log_every)
         ctr = self.ctr

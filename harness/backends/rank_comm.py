@@ -49,11 +49,12 @@ class CommHandlers:
         name = type(op).__name__
         payload, nbytes = ops.wire(op.x.detach(), op.codec)
         c = codecs.parse(op.codec)
-        if ids == self.all_ids and (c is None or c.summable):  # native: the round-tripped payloads' sum
-            out = self._comm(name, self.tr.allreduce_sum if isinstance(op, ops.AllReduce) else self.tr.allgather,
-                             None, payload)
-            if isinstance(op, ops.AllReduce) and op.op == "mean":
-                out = out / len(ids)
+        native = op.native if c is None or c.summable else None
+        if ids == self.all_ids and native:  # the transport's primitive on the round-tripped payloads
+            if native == "sum":
+                out = op.finish(self._comm(name, self.tr.allreduce_sum, None, payload), len(ids))
+            else:
+                out = self._comm(name, self.tr.allgather, None, payload)
             sizes = [nbytes] * len(ids)
         else:
             seq = self.seq.get(ids, 0)
@@ -63,14 +64,14 @@ class CommHandlers:
             got = self._comm(f"{name} over workers {list(ids)}", self.tr.exchange, None, payload, others, others)
             rows = {j: (payload if j == self.i else got[j + self.off]) for j in ids}
             sizes = [nbytes if j == self.i else self._wire_size(rows[j], op.codec) for j in ids]
-            out = op.combine([rows[j] for j in ids])
+            out = op.combine([rows[j] for j in ids], ids)
         self.ctr.add_traffic(self._cost(op, sizes, ids).traffic[ids.index(self.i)])
         return out
 
     def _start(self, op):
         # The real backends complete the collective here (same numbers as the simulators,
         # no overlap yet); Wait hands the result back.
-        if not isinstance(op.op, ops.COLLECTIVES):
+        if getattr(op.op, "pattern", None) != "collective":
             raise ValueError(f"Start: only AllReduce/AllGather can be started, got {type(op.op).__name__}")
         self.pending.append(self._collective(op.op))
         return ops.Handle(len(self.pending) - 1)
@@ -106,9 +107,6 @@ class CommHandlers:
         got[i] = op.x
         w, order = topo.W(op.step)[i], sorted(got)
         return op.mix([torch.tensor(float(w[j]), dtype=op.x.dtype) for j in order], [got[j] for j in order])
-
-    def _neighbors(self, op):
-        return ops.Neighbors.peers(self._topology("Neighbors").W(op.step), self.i)
 
     def _onesided(self, op):
         w = self.i

@@ -1,0 +1,310 @@
+"""Stateful parts: an algorithm's pieces with explicit state, composed like Optax transforms.
+
+A **part** is a pair ``init(ctx, x) -> state`` and ``step(ctx, s, state)``, a generator that may
+yield ops (:mod:`harness.ops`) and returns ``(s, state)``. ``s`` is a :class:`Step`, what flows
+through one local step: the model ``x``, the step ``t``, the minibatch ``loss`` and ``grad``, an
+optimizer's ``update`` and ``lr``, the communication ``round``, ``metrics`` and the ``eval_x`` to
+evaluate. State is explicit data (tensors in tuples, rank-polymorphic: ``[d]`` or ``[n, d]``), so
+the combinators below can mask, key and (later) checkpoint it without knowing the method:
+
+    chain(a, b, ...)           run parts in order; the state is the tuple of their states
+    when(trigger, part)        run ``part`` after the local steps ``trigger`` names (it counts a round)
+    masked(part, members)      only ``members`` take part: the part's ops carry ``members=`` (a
+                               non-member computes and pays nothing) and a non-member keeps its
+                               model *and* state bit for bit, structurally
+    keyed(part, by=...)        the part's state is a row per key (client or worker) that the
+                               backend owns (``LoadState``/``SaveState``): an unplayed key's row
+                               never changes
+    run(part, ctx, x)          the loop: ``ctx.steps`` steps, a ``Record`` after each
+
+An algorithm registers a *factory* of keyword-only hyper-parameters that returns a part::
+
+    @register("local_sgd")
+    def local_sgd(*, period: Period = 8, inner: Optimizer = Optimizer(lr=0.1)):
+        return chain(grad(), local_step(inner), when(every(period), average()))
+
+and the registry runs it with :func:`run`; generator algorithms keep working. The pieces every
+family needs are here (:func:`grad`, :func:`local_step`, :func:`average`, :func:`gossip`, ...);
+one method's own maths is a :class:`Part` subclass or :func:`part` in its module.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from harness import ops, tree
+
+
+class Step(NamedTuple):
+    """What flows through the parts during one local step (``t`` counts from 0)."""
+
+    t: int
+    x: Any
+    loss: Any = None
+    grad: Any = None
+    update: Any = None
+    lr: float = 0.0
+    round: int = 0
+    metrics: dict | None = None
+    eval_x: Any = None
+
+
+class Part:
+    """Base class: override ``init`` (default: no state) and ``step``."""
+
+    def init(self, ctx, x):
+        return ()
+
+    def step(self, ctx, s: Step, state):
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+
+class part(Part):  # noqa: N801 (a function-like constructor: part(step, init=...))
+    """A part from plain functions: ``step(ctx, s, state)`` (a generator, or a function that
+    returns ``(s, state)``) and ``init(ctx, x)``."""
+
+    def __init__(self, step: Callable, init: Callable | None = None):
+        self._step, self._init = step, init
+
+    def init(self, ctx, x):
+        return () if self._init is None else self._init(ctx, x)
+
+    def step(self, ctx, s, state):
+        out = self._step(ctx, s, state)
+        if hasattr(out, "send"):
+            return (yield from out)
+        return out
+
+
+# -- combinators ------------------------------------------------------------------------------
+class chain(Part):  # noqa: N801
+    def __init__(self, *parts: Part):
+        self.parts = parts
+
+    def init(self, ctx, x):
+        return tuple(p.init(ctx, x) for p in self.parts)
+
+    def step(self, ctx, s, state):
+        new = []
+        for p, st in zip(self.parts, state):
+            s, st = yield from p.step(ctx, s, st)
+            new.append(st)
+        return s, tuple(new)
+
+
+class when(Part):  # noqa: N801
+    """Run ``part`` after local step ``t`` when ``trigger(t)`` (:mod:`harness.algorithms.blocks`),
+    or ``trigger(ctx, t)`` for a rule that needs the run (e.g. half of ``ctx.steps``); each firing
+    counts one communication ``round`` (``count=False``: it does not)."""
+
+    def __init__(self, trigger: Callable, part: Part, count: bool = True):
+        self.trigger, self.part, self.count = trigger, part, count
+        try:
+            import inspect
+
+            self.with_ctx = len(inspect.signature(trigger).parameters) == 2
+        except (TypeError, ValueError):
+            self.with_ctx = False
+
+    def init(self, ctx, x):
+        return self.part.init(ctx, x)
+
+    def step(self, ctx, s, state):
+        if not (self.trigger(ctx, s.t) if self.with_ctx else self.trigger(s.t)):
+            return s, state
+        s, state = yield from self.part.step(ctx, s, state)
+        return (s._replace(round=s.round + 1) if self.count else s), state
+
+
+def tensorize(state, x):
+    """``state`` with integer leaves (AdamW's step count) as per-worker tensors shaped like
+    ``x[..., :1]``, so that they can be masked and stored in rows."""
+    like = torch.zeros_like(x[..., :1])
+    return tree.map(lambda v: like + v if isinstance(v, (int, float)) and not isinstance(v, bool) else v, state)
+
+
+def select(mask, new, old):
+    """Leaf by leaf ``where(mask, new, old)``; ``mask`` is ``[]`` or ``[n]`` (a worker's
+    membership), broadcast over each leaf's trailing dimensions."""
+    def pick(a, b):
+        if not isinstance(a, torch.Tensor):
+            return a
+        m = mask.reshape(*mask.shape, *([1] * (a.dim() - mask.dim())))
+        return torch.where(m, a, b)
+    return tree.map(pick, new, old)
+
+
+class masked(Part):  # noqa: N801
+    """Only ``members`` (ids, a mask, or ``fn(ctx, s)`` returning them, e.g. :func:`sampled`)
+    take part in ``part``: its ops carry ``members=`` so a non-member neither computes nor
+    communicates, and a non-member's ``x`` and state stay as they were, bit for bit."""
+
+    def __init__(self, part: Part, members):
+        self.part, self.members = part, members
+
+    def init(self, ctx, x):
+        return tensorize(self.part.init(ctx, x), x)
+
+    def step(self, ctx, s, state):
+        ids = self.members(ctx, s) if callable(self.members) else self.members
+        inner = self.part.step(ctx, s, state)
+        value = None
+        while True:
+            try:
+                op = inner.send(value)
+            except StopIteration as stop:
+                new_s, new_state = stop.value
+                break
+            if "members" in getattr(op, "__dataclass_fields__", ()) and op.members is None:
+                from dataclasses import replace
+
+                op = replace(op, members=ids)
+            value = yield op
+        mask = ctx.member(ids)
+        x = torch.where(mask.unsqueeze(-1), new_s.x, s.x)
+        return new_s._replace(x=x), select(mask, tensorize(new_state, s.x), state)
+
+
+def sampled(m: int) -> Callable:
+    """``members`` for :class:`masked`: ``m`` of the workers, uniformly without replacement,
+    drawn afresh each round (:func:`harness.algorithms.blocks.sample_members`)."""
+    def members(ctx, s):
+        from harness.algorithms.blocks import sample_members
+
+        return sample_members(ctx.seed, s.round, ctx.n_workers, m)
+    return members
+
+
+class keyed(Part):  # noqa: N801
+    """``part``'s state lives in rows the backend owns, one per key: ``by(ctx, s)`` names the
+    row this worker plays now (default: the worker itself; a federated slot passes its client).
+    The row is loaded before ``part`` runs and saved after; a key nobody plays keeps its row."""
+
+    def __init__(self, part: Part, by: Callable | None = None, name: str = "keyed"):
+        self.part, self.by, self.name = part, by, name
+
+    def init(self, ctx, x):
+        return tensorize(self.part.init(ctx, x), x)  # the row of a key never saved
+
+    def step(self, ctx, s, default):
+        key = ctx.index if self.by is None else self.by(ctx, s)
+        row = yield ops.LoadState(self.name, key, default)
+        s, row = yield from self.part.step(ctx, s, row)
+        yield ops.SaveState(self.name, key, tensorize(row, s.x))
+        return s, default
+
+
+# -- the loop ---------------------------------------------------------------------------------
+def run(p: Part, ctx, x):
+    """The generator of a part-based algorithm: ``ctx.steps`` local steps, each followed by a
+    ``Record`` of the step's ``x``, ``loss``, ``round``, ``metrics`` and ``eval_x``. The whole
+    state lives here, in one tree (``state``), beside the step's carry ``s``."""
+    state = p.init(ctx, x)
+    s = Step(t=0, x=x)
+    for t in range(ctx.steps):
+        s = Step(t=t, x=s.x, round=s.round)
+        s, state = yield from p.step(ctx, s, state)
+        yield ops.Record(step=t + 1, round=s.round, x=s.x, loss=s.loss, metrics=s.metrics or {}, eval_x=s.eval_x)
+    return s.x
+
+
+# -- the pieces of many methods ---------------------------------------------------------------
+class grad(Part):  # noqa: N801
+    """A minibatch gradient at ``x``: sets ``loss`` and ``grad``."""
+
+    def step(self, ctx, s, state):
+        loss, g = yield ops.Grad(s.x)
+        return s._replace(loss=loss, grad=g), state
+
+
+@functools.lru_cache(maxsize=64)
+def _built(opt, steps):
+    return opt.build(steps)
+
+
+class opt_update(Part):  # noqa: N801
+    """The optimizer's unit-rate ``update`` of ``grad`` and this step's ``lr``
+    (:class:`harness.transforms.Optimizer`); its state (momentum, AdamW's moments and count)
+    is this part's state. :func:`apply` takes the step."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def init(self, ctx, x):
+        return _built(self.opt, ctx.steps).transform.init(x)
+
+    def step(self, ctx, s, state):
+        tr, lr_at = _built(self.opt, ctx.steps)
+        u, state = tr.update(s.grad, state, s.x)
+        return s._replace(update=u, lr=lr_at(s.t)), state
+        yield  # pragma: no cover
+
+
+@part
+def apply(ctx, s, state):
+    """``x <- x + lr * update``."""
+    return s._replace(x=s.x + s.lr * s.update), state
+
+
+def local_step(opt) -> Part:
+    """One optimizer step on the worker's own gradient: ``x <- x + lr_t * opt(grad)``."""
+    return chain(opt_update(opt), apply)
+
+
+class average(Part):  # noqa: N801
+    """``x_i <- (1/n) sum_j x_j`` (``of="grad"``: the gradients), one all-reduce; ``reduce``: an
+    aggregator (:mod:`harness.aggregators`); ``quorum=k``: the first k arrivals. After a permanent
+    crash, among the survivors."""
+
+    def __init__(self, of: str = "x", reduce=None, quorum: int | None = None):
+        self.of, self.reduce, self.quorum = of, reduce, quorum
+
+    def step(self, ctx, s, state):
+        v = yield from ops.retrying(ops.AllReduce(getattr(s, self.of), op="mean", quorum=self.quorum,
+                                                  reduce=self.reduce))
+        if self.quorum:
+            v = v.value  # a quorum all-reduce also says who arrived (v.arrived)
+        return s._replace(**{self.of: v}), state
+
+
+class outer(Part):  # noqa: N801
+    """DiLoCo's outer step (Douillard et al., arXiv 2311.08105, Algorithm 1): ``Delta = mean_i
+    (theta - x_i)`` (one all-reduce), ``theta <- theta + outer_lr_t * opt(Delta)``, ``x_i <- theta``.
+    State: the global model ``theta`` and the outer optimizer's state, identical on every worker."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def init(self, ctx, x):
+        return x, _built(self.opt, ctx.steps).transform.init(x)
+
+    def step(self, ctx, s, state):
+        from harness.algorithms.blocks import outer_step
+
+        tr, lr_at = _built(self.opt, ctx.steps)
+        theta, ostate = yield from outer_step(state[0], s.x, tr, state[1], lr_at(s.t))
+        return s._replace(x=theta), (theta, ostate)
+
+
+@part
+def gossip(ctx, s, state):
+    """``x_i <- sum_j W(t)[i, j] x_j`` over the run's topology at step ``t``."""
+    return s._replace(x=(yield ops.Gossip(s.x, step=s.t))), state
+
+
+class metric(Part):  # noqa: N801
+    """Add ``name = fn(ctx, s)`` to the step's metrics."""
+
+    def __init__(self, name: str, fn: Callable):
+        self.name, self.fn = name, fn
+
+    def step(self, ctx, s, state):
+        return s._replace(metrics={**(s.metrics or {}), self.name: self.fn(ctx, s)}), state
+        yield  # pragma: no cover
+
+
+__all__ = ["Part", "Step", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
+           "opt_update", "outer", "part", "run", "sampled", "select", "tensorize", "when"]
