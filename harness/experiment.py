@@ -38,7 +38,8 @@ def build(cfg: RunConfig, on_eval=None):
     task = build_task(cfg.task, cfg.n_workers, cfg.seed)
     alg_params = {k: v for k, v in cfg.algorithm.items() if k != "name"}
     recorder = Recorder(meta_columns(cfg, cfg.backend), cfg.n_workers, cfg.steps, task.evaluate,
-                        cfg.eval_every, cfg.log_every, on_eval, on_divergence=cfg.on_divergence)
+                        cfg.eval_every, cfg.log_every, on_eval, on_divergence=cfg.on_divergence,
+                        loss_factor=cfg.divergence.loss_factor)
     sampler = Sampler(task.shards, task.batch_size, cfg.seed)
     # calibration measures on its own sampler so the run's batch streams stay untouched
     measure = lambda: measure_grad_seconds(task, Sampler(task.shards, task.batch_size, cfg.seed + 1))  # noqa: E731

@@ -27,6 +27,13 @@ the parameters are checked at evaluation steps only, on the stacked models the c
 averages anyway. The first divergence becomes a ``diverged`` event row (worker, step, the bad
 value in ``train_loss``) and :attr:`Recorder.diverged`; under ``stop`` :class:`Diverged` is
 raised so the simulator ends at once, with the rows so far kept on the exception.
+
+A finite blow-up is a divergence too (issue [21]): SGD at lr 1000 drives the loss from 2.3 to
+1e10 and accuracy to chance without ever producing a NaN. :class:`LossWatch` keeps each
+worker's first recorded loss and flags a loss above ``divergence.loss_factor`` times it
+(:class:`DivergenceSpec`). Why the loss and not "test accuracy at chance": the loss is seen by
+every backend at every ``Record`` (the real backends compute test metrics only after the run,
+off the clock), and per worker, so a rank decides alone, as it does for a NaN.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import math
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.cost import Traffic
 
@@ -44,10 +52,21 @@ COUNTERS = ("time", "compute_s", "comm_s", "idle_s", "bytes_sent", "bytes_recv",
 ON_DIVERGENCE = ("stop", "continue")
 
 
+class DivergenceSpec(BaseModel):
+    """``divergence:`` in a config: when a finite loss counts as diverged (issue [21])."""
+
+    model_config = ConfigDict(extra="forbid")
+    loss_factor: float | None = Field(
+        100.0, gt=1, description="a worker's train loss above this many times its first recorded loss (absolute "
+        "value) marks the run diverged, as a NaN does; null: only NaN/inf")
+
+
 class Diverged(Exception):
-    """A non-finite loss or parameter under ``on_divergence: stop``. ``info``: ``{"step",
-    "worker", "what": "train_loss" | "params", "value": "nan" | "inf" | "-inf"}``; ``frame``:
-    the rows recorded up to then (set by ``harness.experiment``)."""
+    """A non-finite loss or parameter, or a blown-up loss, under ``on_divergence: stop``.
+    ``info``: ``{"step", "worker", "what": "train_loss" | "params", "value": "nan" | "inf" |
+    "-inf" | "6.1e+03"}``, plus ``"first"`` and ``"factor"`` for a blow-up (the worker's first
+    loss and the rule's factor); ``frame``: the rows recorded up to then (set by
+    ``harness.experiment``)."""
 
     def __init__(self, info: dict):
         super().__init__(info)  # one plain arg: SimPy may re-create exceptions from their args
@@ -61,6 +80,8 @@ def describe(info: dict) -> str:
     """``diverged at step 17 (worker 3: train_loss is nan)``: the words of the one-line error."""
     who = "server" if info["worker"] < 0 else f"worker {info['worker']}"
     what = f"{info['what']} is {info['value']}" if info["what"] == "train_loss" else f"params contain {info['value']}"
+    if "first" in info:
+        what += f", over {info['factor']:g} x its first value {info['first']}"
     return f"diverged at step {info['step']} ({who}: {what})"
 
 
@@ -71,10 +92,62 @@ def divergence_line(run_id: str, info: dict) -> str:
 
 
 def bad_word(values: torch.Tensor) -> str:
-    """How a non-finite tensor is non-finite, in one word: ``nan``, ``inf`` or ``-inf``."""
+    """How a non-finite tensor is non-finite, in one word: ``nan``, ``inf`` or ``-inf``;
+    a finite (blown-up) value as 3 significant digits."""
     if torch.isnan(values).any():
         return "nan"
+    if bool(torch.isfinite(values).all()):
+        return f"{float(values.reshape(-1)[0]):.3g}"
     return "-inf" if bool((values == -math.inf).any()) else "inf"
+
+
+class LossWatch:
+    """Which of the workers' losses is bad: non-finite, or above ``factor`` times that
+    worker's first finite non-zero loss (``|l0|``; ``factor`` None: non-finite only). Shared
+    by the simulators' :class:`Recorder` and the real ranks, so both flag the same step."""
+
+    def __init__(self, n: int, factor: float | None):
+        self.factor = factor
+        self.first = [math.nan] * n  # scalar path (SimPy, real ranks)
+        self.first_t: torch.Tensor | None = None  # [n] float64, vector path (stacked)
+
+    def bad(self, workers: list[int], loss: torch.Tensor, skip=()) -> tuple[int, float | None] | None:
+        """``(j, first)``: the first bad entry of ``loss`` (``[k]``, for ``workers``) and the
+        worker's first loss if it blew up (None: non-finite); None if all are fine. Workers in
+        ``skip`` are not looked at. One read-back per call."""
+        if loss.numel() == 1:
+            return self._bad_one(workers[0], float(loss.reshape(-1)[0]), skip)
+        ok = torch.isfinite(loss)
+        bad = ~ok
+        live = None if not skip else torch.tensor([w not in skip for w in workers], device=loss.device)
+        if self.factor is not None:
+            if self.first_t is None:
+                self.first_t = torch.full((len(self.first),), math.nan, dtype=torch.float64, device=loss.device)
+            idx = torch.tensor(workers, device=loss.device)
+            ref, v = self.first_t[idx], loss.detach().to(torch.float64)
+            bad = bad | (v > self.factor * ref)
+            new = torch.isnan(ref) & ok & (v != 0) if live is None else torch.isnan(ref) & ok & (v != 0) & live
+            self.first_t[idx] = torch.where(new, v.abs(), ref)
+        if live is not None:
+            bad = bad & live
+        if not bool(bad.any()):
+            return None
+        j = int(torch.nonzero(bad).flatten()[0])
+        return j, (None if not bool(ok[j]) else float(self.first_t[workers[j]]))
+
+    def _bad_one(self, w: int, v: float, skip) -> tuple[int, float | None] | None:
+        if w in skip:
+            return None
+        if not math.isfinite(v):
+            return 0, None
+        if self.factor is None:
+            return None
+        ref = self.first[w]
+        if v > self.factor * ref:  # False while ref is NaN
+            return 0, ref
+        if math.isnan(ref) and v != 0:
+            self.first[w] = abs(v)
+        return None
 
 
 class Stats:
@@ -104,12 +177,13 @@ class Stats:
 class Recorder:
     def __init__(self, meta: dict, n: int, steps: int, evaluate: Callable[[torch.Tensor], dict],
                  eval_every: int = 25, log_every: int = 1, on_eval: Callable[[dict], None] | None = None,
-                 on_divergence: str | None = None):
+                 on_divergence: str | None = None, loss_factor: float | None = DivergenceSpec().loss_factor):
         self.meta, self.n, self.steps = meta, n, steps
         self.evaluate, self.eval_every, self.log_every = evaluate, eval_every, log_every
         self.on_eval = on_eval
         # None: no checks (the real backends' ranks check and agree themselves, harness.backends.rank)
         self.on_divergence = on_divergence
+        self.watch = LossWatch(n, loss_factor)  # non-finite or blown-up losses
         self.diverged: dict | None = None  # the first divergence, see mark_diverged
         self.rows: list[dict] = []
         self.alive = set(range(n))
@@ -148,23 +222,18 @@ class Recorder:
     def check_loss(self, workers, step: int, loss, stats: Stats, slots=None, skip=()):
         """Every ``Record``: ``loss`` of ``workers`` (a number, or a ``[k]`` tensor for ``k``
         workers; one fused check and one read-back per call). Workers in ``skip`` sat out
-        their last ``Grad`` (``members=``), whose NaN loss is by design, not a divergence."""
+        their last ``Grad`` (``members=``), whose NaN loss is by design, not a divergence.
+        Bad: non-finite, or blown up (:class:`LossWatch`)."""
         if self.on_divergence is None or self.diverged is not None or loss is None:
             return
-        if isinstance(loss, float):
-            if math.isfinite(loss):
-                return
-            loss = torch.tensor([loss])
-        loss = loss.detach().reshape(-1)
-        ok = torch.isfinite(loss)
-        if bool(ok.all()):
-            return
+        loss = torch.tensor([float(loss)]) if isinstance(loss, (float, int)) else loss.detach().reshape(-1)
         workers = [workers] if isinstance(workers, int) else list(workers)
+        hit = self.watch.bad(workers, loss, skip)
+        if hit is None:
+            return
+        j, first = hit
         slots = workers if slots is None else ([slots] if isinstance(slots, int) else list(slots))
-        for j in torch.nonzero(~ok).flatten().tolist():
-            if workers[j] not in skip:
-                self._diverge(workers[j], step, "train_loss", loss[j:j + 1], stats, slots[j])
-                return
+        self._diverge(workers[j], step, "train_loss", loss[j:j + 1], stats, slots[j], first)
 
     def check_params(self, step: int, X: torch.Tensor, counters: dict, ids, E: torch.Tensor | None = None):
         """Evaluation steps: the models ``X`` (``[k, d]``, workers ``ids``) and ``E``."""
@@ -180,10 +249,14 @@ class Recorder:
             getattr(snap, c)[0] = counters[c][j]
         self._diverge(ids[j], step, "params", bad, snap, 0)
 
-    def mark_diverged(self, i: int, step: int, what: str, values: torch.Tensor, stats: Stats, slot: int) -> dict:
+    def mark_diverged(self, i: int, step: int, what: str, values: torch.Tensor, stats: Stats, slot: int,
+                      first: float | None = None) -> dict:
         """Record a divergence of worker ``i`` (``-1``: the server) at ``step`` as a ``diverged``
-        row and return its ``info`` (see :class:`Diverged`); never raises."""
+        row and return its ``info`` (see :class:`Diverged`); ``first``: the worker's first loss
+        when a finite loss blew up. Never raises."""
         info = {"step": int(step), "worker": int(i), "what": what, "value": bad_word(values)}
+        if first is not None:
+            info.update(first=f"{first:.3g}", factor=self.watch.factor)
         row = {**self.meta, "worker": int(i), "event": "diverged", "step": int(step), "round": -1,
                "time_s": float(stats.time[slot])}
         row.update({c: stats.__dict__[c][slot].item() for c in COUNTERS[1:]})
@@ -193,8 +266,8 @@ class Recorder:
         self.diverged = info
         return info
 
-    def _diverge(self, i, step, what, values, stats, slot):
-        info = self.mark_diverged(i, step, what, values, stats, slot)
+    def _diverge(self, i, step, what, values, stats, slot, first=None):
+        info = self.mark_diverged(i, step, what, values, stats, slot, first)
         if self.on_divergence == "stop":
             raise Diverged(info)
 

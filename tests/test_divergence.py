@@ -143,10 +143,11 @@ def test_summary_and_report_say_diverged(tmp_path, monkeypatch):
 def test_harness_run_goes_on_and_exits_1(tmp_path, capsys):
     from harness.cli import main
 
-    (tmp_path / "plugin.py").write_text(PLUGIN)
+    # its own names: this process registered PLUGIN's already, and a plugin may not take a taken name
+    (tmp_path / "plugin.py").write_text(PLUGIN.replace('"_div_', '"_div_cli_'))
     conf = tmp_path / "c.yaml"
     conf.write_text(json.dumps({"imports": ["plugin.py"], "n_workers": 4, "steps": 20, "eval_every": 10,
-                                "task": TASK, "backend": "stacked", "algorithm": {"name": "_div_inject"},
+                                "task": TASK, "backend": "stacked", "algorithm": {"name": "_div_cli_inject"},
                                 "grid": {"algorithm.at": [5, 99]}}))
     out = tmp_path / "out"
     assert main(["run", str(conf), "--out", str(out), "--quiet"]) == 1
@@ -154,7 +155,7 @@ def test_harness_run_goes_on_and_exits_1(tmp_path, capsys):
     st = results.runs(out).set_index("cfg.algorithm.at")["status"]
     assert st.to_dict() == {5: "diverged", 99: "finished"}  # the sweep went on after the divergence
     assert "diverged at step 5 (worker 3: train_loss is nan)" in cap.err
-    assert cap.err.strip().splitlines()[-1].startswith("harness: error: 1 of 2 run(s) diverged: _div_inject-")
+    assert cap.err.strip().splitlines()[-1].startswith("harness: error: 1 of 2 run(s) diverged: _div_cli_inject-")
     assert ": diverged (" in cap.out and "diverged" in cap.out.split("Summary")[1]
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*.*")}
     assert main(["run", str(conf), "--out", str(out), "--quiet"]) == 1  # still diverged; skipped, not re-run
