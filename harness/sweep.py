@@ -14,6 +14,12 @@ processes (``spawn``: no forked torch state) import torch once and call
   exit status is 1 if any run failed or diverged.
 * Ctrl-C (or SIGTERM) stops the workers: each marks its run ``failed`` (``Interrupted``) and
   releases its claim, so the next sweep runs it again; exit status 130.
+* A sweep process that dies without a word (``kill -9``, the out-of-memory killer) left its
+  workers running for minutes (each holds a torch import, ~0.5 GB) and, with them, the pool's
+  semaphores in /dev/shm. Each worker now watches its parent (a thread polling ``getppid``
+  every :data:`WATCH_S`; a death signal would be tied to the thread that spawned it) and, when
+  it is gone, stops as for SIGTERM: its run is marked failed, naming the dead sweep, and the
+  pool's resource tracker removes the semaphores once the last worker has gone.
 * Progress: :mod:`harness.progress` (a bar on a terminal, a line every
   ``HARNESS_PROGRESS_EVERY`` s otherwise), fed by the workers' evaluation rows through a queue.
 """
@@ -75,19 +81,36 @@ class Interrupted(BaseException):
 _queue = None  # progress messages to the parent: (pid, index, step, steps, sim_s)
 _runs: list = []  # this worker's expansion of the config (its imports: plugins registered here too)
 _busy = False
+_why = "sweep interrupted"
+WATCH_S = 0.2
 
 
 def _on_term(signum, frame):
     if _busy:
-        raise Interrupted("sweep interrupted")
+        raise Interrupted(_why)
     os._exit(130)
 
 
-def _init(queue, config: str, sets: list[str]) -> None:
+def _watch_parent(parent: int) -> None:
+    """Worker: when the sweep process is gone, stop as for SIGTERM (see the module's doc)."""
+    import threading
+
+    def loop():
+        global _why
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        _why = f"the sweep process {parent} died (killed?)"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=loop, daemon=True, name="harness-parent-watch").start()
+
+
+def _init(queue, config: str, sets: list[str], parent: int) -> None:
     global _queue, _runs
     _queue = queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     signal.signal(signal.SIGTERM, _on_term)
+    _watch_parent(parent)
     _runs = config_mod.load(config, sets)  # runs the config's imports: (plugin algorithms, tasks) here
     import torch
 
@@ -169,7 +192,7 @@ def _pool_round(source, runs, todo, out, jobs, progress, end) -> list[int]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_init,
-                               initargs=(queue, *source))
+                               initargs=(queue, *source, os.getpid()))
     futs = {pool.submit(_work, i, out): i for i in todo}
     procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process (spawned on submit)
     running: dict[int, int] = {}  # worker pid -> index of the run it started last

@@ -203,3 +203,59 @@ def test_warm_workers_share_a_directory_with_a_harness_run(tmp_path):
     assert sorted(ran) == sorted(r.run_id for r in runs), (res, stdout)  # each ran once, by one of the two
     assert all(r.sim_s > 0 for r in res if r.status == "done")
     assert all(claims.status(out / r) == "finished" and not (out / r / claims.CLAIM).exists() for r in ran)
+
+
+def _mapped_shm() -> set[str]:
+    """/dev/shm files some live process maps (POSIX semaphores are mapped, not held open)."""
+    held = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            held.update(ln.split(None, 5)[5] for ln in maps.read_text().splitlines()
+                        if "/dev/shm/" in ln and len(ln.split(None, 5)) == 6)
+        except OSError:
+            pass
+    return held
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_sweep_ends_its_workers_and_frees_its_semaphores(tmp_path):
+    """Issue [21] item 5: a sweep killed without a word used to leave its workers running for
+    minutes (a torch import each) and their semaphores in /dev/shm."""
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc (Linux) to see the workers and what they map")
+    c = conf(tmp_path, steps=20000, seeds=(0, 1))
+    out = tmp_path / "out"
+    before = set(Path("/dev/shm").glob("sem.*"))
+    p = harness("sweep", c, "--out", out, "--jobs", "2", "--quiet")
+    deadline = time.time() + 120
+    owners = {}
+    while len(owners) < 2 and time.time() < deadline:
+        owners = {d.name: claims.read(d / claims.CLAIM) for d in out.glob("*") if (d / claims.CLAIM).exists()}
+        owners = {k: v for k, v in owners.items() if v}
+        time.sleep(0.1)
+    assert len(owners) == 2, p.poll()
+    workers = {o["pid"] for o in owners.values()}
+    p.kill()
+    p.wait(timeout=30)  # not communicate(): live orphans would hold its pipes open
+    killed = time.time()
+    alive = set(workers)
+    while alive and time.time() < killed + 15:
+        time.sleep(0.1)
+        alive = {w for w in alive if Path(f"/proc/{w}").exists()
+                 and (Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX")}
+    try:
+        assert not alive, f"workers of the killed sweep still alive {time.time() - killed:.0f} s later: {alive}"
+    finally:
+        for w in alive:
+            os.kill(w, signal.SIGKILL)
+    for run_id in owners:  # each worker marked its run failed, naming the dead sweep, and released it
+        rec = json.loads((out / run_id / "run.json").read_text())
+        assert rec["status"] == "failed" and f"the sweep process {p.pid} died" in rec["error"], rec
+        assert not (out / run_id / claims.CLAIM).exists()
+    left = set()
+    while time.time() < killed + 20:  # the pool's resource tracker unlinks them once the workers are gone
+        left = {str(f) for f in set(Path("/dev/shm").glob("sem.*")) - before} - _mapped_shm()
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, f"semaphores left in /dev/shm by the killed sweep: {left}"
