@@ -57,7 +57,7 @@ class DivergenceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     loss_factor: float | None = Field(
-        100.0, gt=1, description="a worker's train loss above this many times its first recorded loss (absolute "
+        1000.0, gt=1, description="a worker's train loss above this many times its first recorded loss (absolute "
         "value) marks the run diverged, as a NaN does; null: only NaN/inf")
 
 
