@@ -116,7 +116,7 @@ class LossWatch:
         worker's first loss if it blew up (None: non-finite); None if all are fine. Workers in
         ``skip`` are not looked at. One read-back per call."""
         if loss.numel() == 1:
-            return self._bad_one(workers[0], float(loss.reshape(-1)[0]), skip)
+            return self.bad_one(workers[0], float(loss.reshape(-1)[0]), skip)
         ok = torch.isfinite(loss)
         bad = ~ok
         live = None if not skip else torch.tensor([w not in skip for w in workers], device=loss.device)
@@ -135,7 +135,9 @@ class LossWatch:
         j = int(torch.nonzero(bad).flatten()[0])
         return j, (None if not bool(ok[j]) else float(self.first_t[workers[j]]))
 
-    def _bad_one(self, w: int, v: float, skip) -> tuple[int, float | None] | None:
+    def bad_one(self, w: int, v: float, skip=()) -> tuple[int, float | None] | None:
+        """:meth:`bad` for one worker's loss ``v`` as a number (no tensor ops: SimPy and the
+        real ranks call this at every ``Record``)."""
         if w in skip:
             return None
         if not math.isfinite(v):

@@ -136,7 +136,7 @@ class DivergenceChecks:
 
     def _check_loss(self, step, loss):
         """``Record``: this worker's loss; the first bad one becomes this rank's divergence."""
-        hit = self.rec.watch._bad_one(self.i, loss, ())
+        hit = self.rec.watch.bad_one(self.i, loss, ())
         if hit is not None:
             self._diverged(step, "train_loss", torch.tensor([loss]), hit[1])
 
