@@ -111,6 +111,26 @@ def v2_windows(ctx, x):
     return torch.stack([mine, after, theirs])[:, 0]
 
 
+@register("v3_masked_momentum", requires={"members"})
+def v3_masked_momentum(*, m: int = 2, lr: float = 0.1):
+    """Issue [20]: momentum SGD on m sampled workers a step, state in keyed rows, masked by parts."""
+    from harness import parts
+    from harness.algorithms.blocks import Optimizer, every
+
+    local = parts.keyed(parts.chain(parts.grad(), parts.local_step(Optimizer(lr=lr, momentum=0.9))), name="opt")
+    return parts.chain(parts.when(every(1), parts.masked(local, parts.sampled(m))), parts.when(every(3), parts.average()))
+
+
+@register("v3_median_sgd")
+def v3_median_sgd(ctx, x, *, lr: float = 0.1):
+    """Issue [20]: a non-linear aggregator (coordinate median) on every backend: gathered, combined once."""
+    for t in range(ctx.steps):
+        loss, g = yield Grad(x)
+        x = x - lr * (yield AllReduce(g, reduce="median"))
+        yield Record(step=t + 1, x=x, loss=loss)
+    return x
+
+
 @register("boom_sgd")
 def boom_sgd(ctx, x, *, lr: float = 0.1, fail_worker: int = 2, fail_step: int = 3):
     for t in range(ctx.steps):
@@ -212,14 +232,16 @@ def real(request, tmp_path_factory):
     more_async = [small("sync_sgd", n_workers=RANKS - 1, steps=40, eval_every=40, algorithm={"name": name, **hp})
                   for name, hp in (("async_easgd", {"tau": 4}), ("async_local_sgd", {"period": 8}))]
     # issue [8]'s op language v2 on real processes (plugin algorithms: registered by _plugin)
-    v2 = [small("sync_sgd", algorithm={"name": "v2_sampled"}), small("dpsgd", algorithm={"name": "v2_gossip2"})]
+    v2 = [small("sync_sgd", algorithm={"name": "v2_sampled"}), small("dpsgd", algorithm={"name": "v2_gossip2"}),
+          small("sync_sgd", algorithm={"name": "v3_masked_momentum"}), small("sync_sgd", algorithm={"name": "v3_median_sgd"})]
     config = _write_config(tmp / "real.yaml",
                            [_dump(c) for c in [*CASES.values(), probe, asyn, overlap, *more_async, *v2]])
     out = tmp / "runs"
     proc = launch(backend, config, out, "--save-params")
     assert proc.returncode == 0, f"{backend} launch failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     cfgs = load(config, [f"backend={backend}"])  # also registers the plugin's algorithms here
-    names = [*CASES, "probe", "async_sgd", "overlap", "async_easgd", "async_local_sgd", "v2_sampled", "v2_gossip2"]
+    names = [*CASES, "probe", "async_sgd", "overlap", "async_easgd", "async_local_sgd", "v2_sampled", "v2_gossip2",
+             "v3_masked_momentum", "v3_median_sgd"]
     return backend, out, dict(zip(names, cfgs)), proc
 
 
@@ -234,7 +256,8 @@ def _by(df):
     return df.sort_values(["worker", "step"]).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("case", [*LOCKSTEP, "probe", "overlap", "v2_sampled", "v2_gossip2"])
+@pytest.mark.parametrize("case", [*LOCKSTEP, "probe", "overlap", "v2_sampled", "v2_gossip2", "v3_masked_momentum",
+                                  "v3_median_sgd"])
 def test_same_parameters_bytes_and_metrics_as_simpy(real, case):
     from harness.experiment import simulate
 

@@ -88,10 +88,12 @@ def register(name: str, server: bool = False, requires: set[str] | Callable[[dic
         _load_builtin()  # so that a plugin can never be overwritten by a built-in loaded later
 
     def deco(fn):
-        origin = (getattr(getattr(fn, "__code__", None), "co_filename", None), getattr(fn, "__qualname__", None))
+        code = getattr(fn, "__code__", None)
+        origin = (getattr(code, "co_filename", "?"), getattr(fn, "__qualname__", None),
+                  None if code is None else (code.co_code, repr(code.co_consts)))
         old = ALGORITHMS.get(name)
         # the same function registered again (a plugin file imported twice) is no conflict
-        if old is not None and not replace and getattr(old, "origin", None) != origin:
+        if old is not None and not replace and getattr(old, "origin", (None,))[1:] != origin[1:]:
             raise ValueError(f"register({name!r}): an algorithm of that name exists already "
                              f"({getattr(old, 'origin', ('?',))[0]}); choose another name, or "
                              f"register({name!r}, replace=True)")
