@@ -42,14 +42,9 @@ DONE = ("finished", "diverged")  # runs that ended with a table: skipped by re-r
 
 
 def stale_after_s() -> float:
-    raw = os.environ.get(STALE_ENV, "")
-    try:
-        v = float(raw) if raw else DEFAULT_STALE_S
-    except ValueError:
-        raise ValueError(f"{STALE_ENV}={raw!r}: expected seconds (a number > 0), e.g. {STALE_ENV}=900") from None
-    if not v > 0:
-        raise ValueError(f"{STALE_ENV}={raw!r}: expected seconds (a number > 0), e.g. {STALE_ENV}=900")
-    return v
+    from harness import envvars  # [issue 21] one checked reader for every variable
+
+    return envvars.get(STALE_ENV)
 
 
 def status(run_dir: Path) -> str | None:

@@ -326,6 +326,12 @@ def _case_index(key: str, n: str, count: int, has_cases: bool) -> int:
 
 
 def load(path: str | Path, sets: list[str] | None = None) -> list[RunConfig]:
+    from harness import envvars
+
+    try:  # [issue 21] the environment is an input too: a bad HARNESS_* is named before anything runs
+        envvars.check_all()
+    except envvars.EnvError as e:
+        raise ConfigError(str(e)) from None
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"CONFIG: {str(path)!r} is a directory; give a YAML file, e.g. presets/demo.yaml")
@@ -360,10 +366,13 @@ def load(path: str | Path, sets: list[str] | None = None) -> list[RunConfig]:
 def import_plugin(name: str, base: Path) -> None:
     """Import a module (dotted name, or a .py path relative to the config) that registers
     algorithms or tasks: ``imports: [my_algorithms.py]``. Any failure (missing, a syntax
-    error, an exception while it runs) is one ConfigError line naming the module."""
+    error, an exception while it runs, an exit: ``sys.exit``, ``os._exit``, any BaseException
+    but Ctrl-C) is one ConfigError line naming the module; so is an import that takes longer
+    than ``HARNESS_IMPORT_TIMEOUT_S`` (harness/plugin_guard.py)."""
     import importlib
     import importlib.util
-    import traceback
+
+    from harness import plugin_guard
 
     hint = "give a module name or a .py path relative to the config"
     spec = None
@@ -373,10 +382,11 @@ def import_plugin(name: str, base: Path) -> None:
         if spec is None:
             raise ConfigError(f"imports: cannot import {name!r} (no such file {str(file)!r}); {hint}")
     try:
-        if spec is not None:
-            spec.loader.exec_module(importlib.util.module_from_spec(spec))
-        else:
-            importlib.import_module(name)
+        with plugin_guard.guarded():
+            if spec is not None:
+                spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            else:
+                importlib.import_module(name)
     except ModuleNotFoundError as e:
         if not name.endswith(".py") and e.name and (name == e.name or name.startswith(e.name + ".")):
             raise ConfigError(f"imports: cannot import {name!r} ({e}); {hint}") from None
@@ -385,9 +395,7 @@ def import_plugin(name: str, base: Path) -> None:
     except SyntaxError as e:
         where = f"{Path(e.filename).name if e.filename else name} line {e.lineno}"
         raise ConfigError(f"imports: {name!r} has a syntax error at {where} ({e.msg}); fix the module") from None
-    except (Exception, SystemExit) as e:
-        frames = traceback.extract_tb(e.__traceback__)
-        where = f" at {Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""
-        text = f": {' '.join(str(e).split())}" if str(e) else ""
-        raise ConfigError(f"imports: {name!r} raised {type(e).__name__}{text}{where} while being imported; "
-                          "fix the module") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - SystemExit, os._exit, a timeout, GeneratorExit, ...: one line
+        raise ConfigError(f"imports: {name!r} {plugin_guard.describe(e)}; {plugin_guard.fix(e)}") from None

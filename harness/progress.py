@@ -18,7 +18,6 @@ the runs finished or running here.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -29,15 +28,9 @@ DEFAULT_EVERY_S = 30.0
 
 def every_s() -> float:
     """Seconds between progress lines when stdout is not a terminal (``HARNESS_PROGRESS_EVERY``)."""
-    raw = os.environ.get(EVERY_ENV, "")
-    try:
-        v = float(raw) if raw else DEFAULT_EVERY_S
-    except ValueError:
-        v = float("nan")
-    if not v > 0 or v == float("inf"):
-        raise ValueError(f"{EVERY_ENV}={raw!r}: expected seconds between progress lines (a number > 0), "
-                         f"e.g. {EVERY_ENV}=30")
-    return v
+    from harness import envvars  # [issue 21] one checked reader for every variable
+
+    return envvars.get(EVERY_ENV)
 
 
 def duration(s: float) -> str:

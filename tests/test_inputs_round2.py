@@ -151,3 +151,117 @@ def test_yaml_set_values_use_the_same_rules(capsys, cfg, tmp_path):
     rc, out, err = harness(capsys, "run", cfg, "--out", tmp_path / "o", "--list", "--set", "steps=1:30")
     assert rc == 2
     one_line(err, "steps")
+
+
+# -- item 10: environment variables, checked like config fields ------------------------------------------
+BAD_ENV = [("HARNESS_TIMEOUT_S", v) for v in ("abc", "-5", "nan", "inf", "1e400", "5s")] + \
+    [("HARNESS_SUPERVISE", v) for v in ("maybe", "2", "yes", "true")] + \
+    [("HARNESS_CLAIM_STALE_S", v) for v in ("0", "-1", "soon", "nan")] + \
+    [("HARNESS_PROGRESS_EVERY", v) for v in ("0", "never", "-inf")] + \
+    [("HARNESS_TORCH_BACKEND", v) for v in ("cuda", "GLOO", "mpi")] + \
+    [("HARNESS_IMPORT_TIMEOUT_S", v) for v in ("-1", "x", "nan")]
+
+
+@pytest.mark.parametrize("var,value", BAD_ENV)
+@pytest.mark.parametrize("command", ["run", "list", "slurm"])
+def test_bad_environment_variables_are_named(capsys, monkeypatch, cfg, tmp_path, var, value, command):
+    monkeypatch.setenv(var, value)
+    argv = {"run": ["run", cfg, "--out", tmp_path / "o", "--list"], "list": ["list", "algorithms", "--config", cfg],
+            "slurm": ["slurm", "submit", cfg, "--out", tmp_path / "o", "--dry-run"]}[command]
+    rc, out, err = harness(capsys, *argv)
+    assert rc == 2 and out == "", out
+    line = one_line(err, f"{var}={value!r}: expected", f"e.g. {var}=")
+    assert line.startswith(f"harness: error: {var}="), line
+
+
+def test_every_reader_goes_through_envvars(monkeypatch):
+    """The readers of each variable give the checked value, and refuse what check_all refuses."""
+    from harness import claims, envvars, progress
+    from harness.backends import launch
+
+    readers = {"HARNESS_TIMEOUT_S": launch.op_timeout_s, "HARNESS_CLAIM_STALE_S": claims.stale_after_s,
+               "HARNESS_PROGRESS_EVERY": progress.every_s}
+    for var, read in readers.items():
+        monkeypatch.setenv(var, "7.5")
+        assert read() == 7.5
+        monkeypatch.setenv(var, "")
+        assert read() == envvars.VARS[var].default
+        monkeypatch.setenv(var, "abc")
+        with pytest.raises(envvars.EnvError, match=f"^{var}='abc': expected"):
+            read()
+    monkeypatch.setenv("HARNESS_TIMEOUT_S", "0")
+    assert launch.op_timeout_s() == 0  # 0 still means "no limit"
+
+
+def test_readme_lists_every_environment_variable():
+    from harness import envvars
+
+    readme = (ROOT / "README.md").read_text()
+    assert envvars.markdown_table() in readme, "README 'When things go wrong': paste python -m harness.envvars"
+    used = set()
+    for path in [*ROOT.glob("harness/**/*.py"), *ROOT.glob("results/**/*.py"), *ROOT.glob("simulators/**/*.py")]:
+        used |= set(re.findall(r"\bHARNESS_[A-Z_]+\b", path.read_text()))
+    assert used <= set(envvars.VARS), f"read but not declared in harness/envvars.py: {used - set(envvars.VARS)}"
+
+
+# -- item 8: plugins that exit or hang while imported ----------------------------------------------------
+PLUGIN_CFG = "imports: [plugin.py]\n" + CONFIG
+
+
+PLUGINS = [
+    ("import os\nos._exit(0)\n", ("os._exit(0)", "plugin.py line 2")),
+    ("import os\nos._exit(3)\n", ("os._exit(3)",)),
+    ("import sys\nsys.exit(0)\n", ("sys.exit(0)", "plugin.py line 2")),
+    ("raise GeneratorExit\n", ("GeneratorExit",)),
+    ("class Stop(BaseException):\n    pass\nraise Stop('now')\n", ("Stop: now", "line 3")),
+    ("import time\ntime.sleep(60)\n", ("HARNESS_IMPORT_TIMEOUT_S", "after 0.5 s", "line 2")),
+    ("import time\ntry:\n    time.sleep(60)\nexcept Exception:\n    pass\n", ("HARNESS_IMPORT_TIMEOUT_S",)),
+    ("while True:\n    pass\n", ("HARNESS_IMPORT_TIMEOUT_S",)),
+]
+_RUN_PLUGINS = """
+import contextlib, io, json, sys
+from harness.cli import main
+for d in sys.argv[1:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        rc = main(["run", d + "/c.yaml", "--out", d + "/o", "--quiet"])
+    print(json.dumps([d, rc, err.getvalue()]), flush=True)
+"""
+
+
+def test_a_plugin_cannot_end_or_hang_the_command(tmp_path):
+    """All cases in one fresh process (os._exit would end pytest itself on today's code), each
+    in-process there: every case must report, with status 2 and its one line, in time."""
+    dirs = []
+    for k, (body, _) in enumerate(PLUGINS):
+        d = tmp_path / f"p{k}"
+        d.mkdir()
+        (d / "plugin.py").write_text(body)
+        (d / "c.yaml").write_text(PLUGIN_CFG)
+        dirs.append(str(d))
+    env = {**os.environ, "HARNESS_IMPORT_TIMEOUT_S": "0.5"}
+    r = subprocess.run([sys.executable, "-c", _RUN_PLUGINS, *dirs], capture_output=True, text=True, env=env,
+                       timeout=120, cwd=ROOT)
+    import json
+
+    got = {d: (rc, err) for d, rc, err in map(json.loads, r.stdout.splitlines())}
+    for d, (body, words) in zip(dirs, PLUGINS):
+        assert d in got, (body, "ended the process", r.returncode, r.stdout[-500:], r.stderr[-500:])
+        rc, err = got[d]
+        assert rc == 2, (body, rc, err)
+        one_line(err, "imports: 'plugin.py'", *words)
+        assert not Path(d, "o").exists(), body
+
+
+def test_a_plugin_that_forks_still_imports(capsys, tmp_path):
+    """os._exit is only guarded in this process: a child the plugin forks exits for real."""
+    (tmp_path / "plugin.py").write_text(
+        "import multiprocessing as mp\np = mp.get_context('fork').Process(target=print)\np.start()\np.join()\n"
+        "assert p.exitcode == 0, p.exitcode\n")
+    (tmp_path / "c.yaml").write_text(PLUGIN_CFG)
+    rc, out, err = harness(capsys, "run", tmp_path / "c.yaml", "--out", tmp_path / "o", "--list")
+    assert rc == 0, err
+    import signal
+
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0 and signal.getsignal(signal.SIGALRM) in (
+        signal.SIG_DFL, signal.default_int_handler, None)

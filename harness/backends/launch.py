@@ -37,10 +37,9 @@ def env_rank() -> int:
 def op_timeout_s() -> float:
     """Seconds one communication op may block, or a rank may send no heartbeat, before the
     run is aborted as hung (``HARNESS_TIMEOUT_S``, default 300; 0 disables both checks)."""
-    try:
-        return float(os.environ.get("HARNESS_TIMEOUT_S", DEFAULT_TIMEOUT_S))
-    except ValueError:
-        return DEFAULT_TIMEOUT_S
+    from harness import envvars  # [issue 21] 'abc', -5, nan: one line naming the variable, not the default
+
+    return envvars.get("HARNESS_TIMEOUT_S")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ import threading
 import time
 import warnings
 
+from harness import envvars as _envvars
+
 _PIPE: int | None = None  # child: write end of the pipe to the supervisor
 _INFO: dict = {}  # child: the last announcement (which run this rank is in)
 SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
@@ -65,7 +67,7 @@ def supervise() -> None:
     """Fork once per process, before MPI or torch.distributed start; returns in the child.
     The parent never returns: it exits with the child's status."""
     global _PIPE
-    if (_PIPE is not None or os.environ.get("HARNESS_SUPERVISE", "1") == "0" or not hasattr(os, "fork")
+    if (_PIPE is not None or _envvars.get("HARNESS_SUPERVISE") == "0" or not hasattr(os, "fork")
             or not _launched() or "mpi4py.MPI" in sys.modules):
         return
     from harness.backends.launch import env_rank

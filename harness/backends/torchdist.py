@@ -51,7 +51,12 @@ def _init():
     # the peer through the heartbeats) speaks first; gloo's own timeout is the backstop
     op = op_timeout_s()
     timeout = datetime.timedelta(seconds=op + 30 if op > 0 else 2 * DEFAULT_TIMEOUT_S)
-    cuda = torch.cuda.is_available() and os.environ.get("HARNESS_TORCH_BACKEND", "") != "gloo"
+    from harness import envvars  # [issue 21] auto | gloo | nccl, checked
+
+    choice = envvars.get("HARNESS_TORCH_BACKEND")
+    if choice == "nccl" and not torch.cuda.is_available():
+        raise ValueError("HARNESS_TORCH_BACKEND='nccl': NCCL needs CUDA and torch sees no GPU here; use auto or gloo")
+    cuda = torch.cuda.is_available() and choice != "gloo"
     if cuda:
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
