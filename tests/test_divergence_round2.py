@@ -46,24 +46,31 @@ def test_server_methods_stop_every_rank_on_the_real_driver(name):
 
 
 @pytest.mark.parametrize("backend", [pytest.param("mpi", marks=pytest.mark.mpi), "torch"])
-def test_async_sgd_stops_on_real_processes(backend, tmp_path):
-    """The issue's case: on MPI async SGD ran every step, run.json said not stopped, the line said continue."""
+def test_real_processes_stop_server_methods_and_flag_blowups(backend, tmp_path):
+    """One launch, two runs: the issue's async SGD (on MPI it ran every step, run.json said not
+    stopped, the line said continue) and sync SGD at lr 1000 (finite losses: marked finished)."""
     from tests.test_real_backends import launch
 
-    c = role_cfg("async_sgd", steps=60)
+    runs = {"async": role_cfg("async_sgd", steps=60), "blowup": blowup_cfg("simpy")}
     conf = tmp_path / "c.yaml"
-    conf.write_text(json.dumps({k: v for k, v in c.model_dump(mode="json").items() if k != "backend"}))
-    proc = launch(backend, conf, tmp_path / "out", timeout=120)
+    conf.write_text(json.dumps({"cases": [{k: v for k, v in c.model_dump(mode="json").items() if k != "backend"}
+                                          for c in runs.values()]}))
+    proc = launch(backend, conf, tmp_path / "out", timeout=150)
     assert proc.returncode == 1, proc.stderr
-    (run_dir,) = (tmp_path / "out").iterdir()
-    rec = json.loads((run_dir / "run.json").read_text())
-    assert rec["status"] == "diverged" and rec["diverged"]["stopped"] is True, rec
-    assert rec["diverged"]["step"] == 2 and rec["diverged"]["value"] == "inf"
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("harness: error: run ")]
-    assert len(lines) == 1 and "diverged at step 2" in lines[0] and "continue" not in lines[0], proc.stderr
-    df, _ = results.read_run(run_dir)
-    assert df.step.max() < 30 and (df.event == "diverged").sum() == 1
-    assert not (run_dir / "claim.json").exists()
+    assert len(lines) == 2 and not any("continue" in ln for ln in lines), proc.stderr
+    for key, c in runs.items():
+        (run_dir,) = (tmp_path / "out").glob(f"{c.algorithm['name']}-*")
+        rec = json.loads((run_dir / "run.json").read_text())
+        d = rec["diverged"]
+        assert rec["status"] == "diverged" and d["stopped"] is True and d["step"] == 2, (key, rec)
+        df, _ = results.read_run(run_dir)
+        assert (df.event == "diverged").sum() == 1 and not (run_dir / "claim.json").exists()
+        if key == "async":
+            assert d["value"] == "inf" and df.step.max() < 30, df.step.max()
+        else:  # lock-step: every rank stops at the next evaluation (8), the table is cut at 2 as in SimPy
+            assert d["worker"] == 0 and float(d["value"]) > 1000 * float(d["first"]) and df.step.max() == 2
+            assert any(f"over 1000 x its first value {d['first']}" in ln for ln in lines)
 
 
 # -- 2. a finite blow-up is a divergence -----------------------------------------------------
