@@ -1,4 +1,12 @@
-"""What each backend supports, checked against a run before anything starts.
+"""The backend registry: each backend's interpreter, transport, launcher and capabilities.
+
+A backend is a row of :data:`BACKENDS`: ``kind`` (``simulated``: one process interprets every
+worker; ``real``: one OS process per rank running :class:`harness.backends.rank.RankDriver`
+over a *transport*), where its interpreter or transport class lives (``module:Class``, imported
+on first use), how it is launched, and which features it supports. Everything that lists
+backends reads this table (config validation, ``harness.experiment``, ``harness.backends``,
+``harness sweep``, the CLI choices), so a new real backend is a transport module and a row
+here; a new simulator an interpreter module and a row.
 
 An algorithm declares the features it needs (``register(..., requires=...)``, see
 :func:`harness.algorithms.requirements`); a run adds features of its config (faults,
@@ -27,14 +35,43 @@ crash      permanent crashes (``faults.policy: continue``)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 COMMON = {"gossip", "overlap", "members", "part", "codec"}
-SUPPORTS: dict[str, set[str]] = {
-    "simpy": COMMON | {"quorum", "p2p", "server", "onesided", "faults", "crash"},
-    "stacked": COMMON | {"quorum", "faults"},
-    "mpi": COMMON | {"p2p", "server", "onesided"},
-    "torch": COMMON | {"p2p", "server"},
-    "loopback": COMMON | {"p2p", "server", "onesided"},
-}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    kind: str  # "simulated" or "real"
+    impl: str  # "module:Class": the interpreter (simulated) or the transport (real)
+    supports: frozenset
+    launcher: str = ""  # how a real run is started (docs/real-backends.md)
+    selectable: bool = True  # a config may name it (loopback is for tests: harness.backends.loopback_run)
+
+    def load(self):
+        """The interpreter or transport class, imported now."""
+        import importlib
+
+        module, cls = self.impl.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("simpy", "simulated", "simulators.simpy_backend:SimPyBackend",
+            frozenset(COMMON | {"quorum", "p2p", "server", "onesided", "faults", "crash"})),
+    Backend("stacked", "simulated", "simulators.stacked:StackedBackend", frozenset(COMMON | {"quorum", "faults"})),
+    Backend("mpi", "real", "harness.backends.mpi:MPITransport", frozenset(COMMON | {"p2p", "server", "onesided"}),
+            launcher="mpiexec -n N harness run CONFIG --backend mpi (or srun)"),
+    Backend("torch", "real", "harness.backends.torchdist:TorchTransport", frozenset(COMMON | {"p2p", "server"}),
+            launcher="torchrun --nproc-per-node N --no-python harness run CONFIG --backend torch (or srun)"),
+    Backend("loopback", "real", "harness.backends.loopback:LoopbackTransport",
+            frozenset(COMMON | {"p2p", "server", "onesided"}), selectable=False),
+)}
+SUPPORTS: dict[str, set[str]] = {name: set(b.supports) for name, b in BACKENDS.items()}
+SELECTABLE = tuple(n for n, b in BACKENDS.items() if b.selectable)  # what backend: accepts
+REAL = tuple(n for n, b in BACKENDS.items() if b.kind == "real" and b.selectable)
+SIMULATED = tuple(n for n, b in BACKENDS.items() if b.kind == "simulated")
 WHY = {
     "quorum": "backup workers need arrival order, which only a simulator controls; use backend simpy or stacked",
     "server": "server roles are asynchronous; use backend simpy (or mpi/torch)",
@@ -64,4 +101,4 @@ def run_features(cfg) -> set[str]:
     return out
 
 
-__all__ = ["SUPPORTS", "check", "run_features"]
+__all__ = ["BACKENDS", "REAL", "SELECTABLE", "SIMULATED", "SUPPORTS", "Backend", "check", "run_features"]

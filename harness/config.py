@@ -35,7 +35,7 @@ from harness.cost import NetworkSpec
 from harness.calibration.slowdown import SlowdownSpec
 from harness.recording import DivergenceSpec
 
-BACKENDS = ("simpy", "stacked", "mpi", "torch")  # mpi, torch: real backends (harness/backends/)
+BACKENDS = capabilities.SELECTABLE  # the registry's rows (harness/capabilities.py)
 
 
 class ConfigError(ValueError):

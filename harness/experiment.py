@@ -18,6 +18,7 @@ import torch
 
 from harness import algorithms, claims
 from harness.algorithms import Ctx
+from harness.capabilities import REAL
 from harness.config import RunConfig
 from harness.recording import Diverged, Recorder, divergence_line
 from harness.tasks import Sampler, build_task
@@ -56,7 +57,7 @@ def simulate(cfg: RunConfig, on_eval=None):
     A run that diverges under ``on_divergence: stop`` raises :class:`Diverged` whose
     ``frame`` holds the rows up to then (a ``diverged`` event row last); under ``continue``
     the table has that row and the run goes on."""
-    if cfg.backend in ("mpi", "torch"):
+    if cfg.backend in REAL:
         raise ValueError(f"backend: {cfg.backend} runs one process per rank; use `harness run` under a launcher "
                          "(docs/real-backends.md), not simulate()")
     df, final, _ = _execute(cfg, on_eval)

@@ -38,9 +38,8 @@ from queue import Empty
 
 from harness import config as config_mod
 from harness.config import ConfigError
+from harness.capabilities import REAL
 from harness.progress import Progress, every_s
-
-REAL = ("mpi", "torch")
 
 
 def parser():

@@ -1,35 +1,38 @@
 """Simulated backends: event-driven on SimPy, and stacked (all workers in one tensor).
 
-``BACKENDS`` maps a backend name to its class, imported on first use, so that reading a
-config (compute, network and fault specs live here too) never imports SimPy.
+``BACKENDS`` maps a simulated backend's name to its class, imported on first use (the rows
+of :data:`harness.capabilities.BACKENDS` of kind ``simulated``), so that reading a config
+(compute, network and fault specs live here too) never imports SimPy.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
-_CLASSES = {"simpy": ("simulators.simpy_backend", "SimPyBackend"), "stacked": ("simulators.stacked", "StackedBackend")}
+
+def _rows():
+    from harness.capabilities import BACKENDS as ALL
+
+    return {n: b for n, b in ALL.items() if b.kind == "simulated"}
 
 
 class _Lazy(Mapping):
     def __getitem__(self, name):
-        module, cls = _CLASSES[name]
-        return getattr(importlib.import_module(module), cls)
+        return _rows()[name].load()
 
     def __iter__(self):
-        return iter(_CLASSES)
+        return iter(_rows())
 
     def __len__(self):
-        return len(_CLASSES)
+        return len(_rows())
 
 
 BACKENDS = _Lazy()
 
 
 def __getattr__(name):  # simulators.SimPyBackend / StackedBackend, imported when asked for
-    for key, (module, cls) in _CLASSES.items():
-        if name == cls:
-            return BACKENDS[key]
+    for b in _rows().values():
+        if b.impl.endswith(":" + name):
+            return b.load()
     raise AttributeError(f"module 'simulators' has no attribute {name!r}")
 
 

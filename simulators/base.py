@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness import ops
+from harness import ops, streams
 from harness.algorithms import Ctx
 from harness.cost import NetworkSpec
 from harness.recording import Recorder, Stats
@@ -53,7 +53,7 @@ class Simulator:
         self.stats = Stats(self.ranks)
         self.units = [0.0] * self.ranks  # compute units done, for Rate
         # one stream per worker, and stream n for a server (as on the real backends)
-        self.rngs = [np.random.default_rng([run.ctx.seed, i, 17]) for i in range(self.n + 1)]
+        self.rngs = [streams.rng("rand", run.ctx.seed, i) for i in range(self.n + 1)]
 
     def draw(self, i: int) -> torch.Tensor:
         """Worker ``i``'s next ``U[0, 1)`` draw (``Rand`` op), from its own stream (the

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from harness import streams
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -45,17 +47,24 @@ class ComputeModel:
     draw: Callable[["ComputeTimes", int], float]
     measured: bool = False
     setup: Callable[["ComputeTimes"], None] | None = None
+    uses: frozenset[str] | None = None  # ComputeSpec fields it reads beyond COMMON (None: not declared)
+    params: frozenset[str] | None = None  # the keys of compute.params it reads (None: not declared)
 
 
 COMPUTE_MODELS: dict[str, ComputeModel] = {}
 
 
-def register_compute(name: str, *, measured: bool = False, setup: Callable | None = None):
+def register_compute(name: str, *, measured: bool = False, setup: Callable | None = None,
+                     uses=None, params=None):
     """Decorator: ``@register_compute("mine")`` on ``draw(times, i) -> float`` makes
-    ``compute: {model: mine, params: {...}}`` available."""
+    ``compute: {model: mine, params: {...}}`` available. ``params=("p", ...)`` declares the keys
+    of ``compute.params`` it reads and ``uses=("sigma", ...)`` the fields of the compute section
+    beyond :data:`COMMON`: a config that sets anything else is then one error line [issue 21]
+    (undeclared: any params and fields are accepted, as the model may read them)."""
 
     def deco(fn):
-        COMPUTE_MODELS[name] = ComputeModel(fn, measured, setup)
+        COMPUTE_MODELS[name] = ComputeModel(fn, measured, setup, None if uses is None else frozenset(uses),
+                                            None if params is None else frozenset(params))
         return fn
 
     return deco
@@ -96,9 +105,23 @@ class ComputeSpec(BaseModel):
         f = self.worker_factors
         if f is not None and (len(f) != n or any(v <= 0 for v in f)):
             raise ValueError(f"compute.worker_factors: needs {n} values > 0 (one per worker), got {f}")
+        if self.model == "trace":  # [issue 21] read (and checked) with the config, before anything runs
+            load_trace(self.trace, n)
 
     @model_validator(mode="after")
     def _check(self):
+        m = COMPUTE_MODELS[self.model]  # [issue 21] a field or param the model never reads is a mistake
+        if m.uses is not None:
+            valid = (COMMON | m.uses) - ({"mean_s"} if m.measured else set())  # measured: mean_s is measured
+            ignored = sorted(self.model_fields_set - valid)
+            if ignored:
+                raise ValueError(f"compute.{ignored[0]}: model {self.model!r} does not use it (its fields: "
+                                 f"{', '.join(sorted(valid))}); remove it or choose a model that does")
+        if m.params is not None:
+            unknown = sorted(set(self.params) - m.params, key=str)
+            if unknown:
+                raise ValueError(f"compute.params.{unknown[0]}: model {self.model!r} takes "
+                                 f"{'the params ' + ', '.join(sorted(m.params)) if m.params else 'no params'}")
         if self.model == "shifted_exp" and self.shift_s >= self.mean_s:
             raise ValueError(f"compute.shift_s must be < compute.mean_s ({self.shift_s} >= {self.mean_s})")
         if self.model == "trace" and not self.trace:
@@ -120,6 +143,13 @@ def load_trace(path: str, n: int) -> list[np.ndarray]:
     missing = {"worker", "step", "seconds"} - set(df.columns)
     if missing:
         raise ComputeError(f"compute.trace: {path} lacks column(s) {sorted(missing)}; need worker, step, seconds")
+    seconds = pd.to_numeric(df.seconds, errors="coerce")  # [issue 21] text, negative, inf: named here
+    bad = ~(np.isfinite(seconds) & (seconds >= 0))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ComputeError(f"compute.trace: {path} row {row + 2} (worker {df.worker.iloc[row]}, step "
+                           f"{df.step.iloc[row]}): seconds {df.seconds.iloc[row]!r} is not a finite number >= 0")
+    df = df.assign(seconds=seconds)
     out = []
     for w in range(n):
         s = df[df.worker == w].sort_values("step").seconds.to_numpy(dtype=float)
@@ -138,9 +168,9 @@ class ComputeTimes:
             if measure is None:
                 raise ComputeError(f"compute.model: {spec.model!r} needs a task to measure")
             self.mean_s = measure() * (spec.scale if spec.model == "measured" else 1.0)
-        self.rngs = [np.random.default_rng([seed, i, 11]) for i in range(n)]
+        self.rngs = [streams.rng("compute", seed, i) for i in range(n)]
         k = int(round(spec.straggler_fraction * n))
-        self.slow = np.sort(np.random.default_rng([seed, 13]).choice(n, size=k, replace=False))
+        self.slow = np.sort(streams.rng("stragglers", seed).choice(n, size=k, replace=False))
         self.factor = np.ones(n)
         self.factor[self.slow] = spec.straggler_factor
         if spec.worker_factors is not None:
@@ -173,14 +203,20 @@ def _trace_setup(t: ComputeTimes):
     t.trace = load_trace(t.spec.trace, len(t.rngs))
 
 
-register_compute("constant")(lambda t, i: t.mean_s)
-register_compute("lognormal")(_lognormal)
-register_compute("calibrated", measured=True)(_lognormal)
-register_compute("measured", measured=True)(_lognormal)
-register_compute("exponential")(lambda t, i: float(t.rngs[i].exponential(t.mean_s)))
-register_compute("shifted_exp")(lambda t, i: t.spec.shift_s + float(t.rngs[i].exponential(t.mean_s - t.spec.shift_s)))
-register_compute("pareto")(lambda t, i: t.mean_s * (t.spec.alpha - 1) / t.spec.alpha * float(1 + t.rngs[i].pareto(t.spec.alpha)))
-register_compute("trace", setup=_trace_setup)(lambda t, i: float(t.trace[i][(t.draws[i] - 1) % len(t.trace[i])]))
+# fields each built-in reads beyond COMMON (a measured model measures mean_s instead of reading it);
+# none takes params
+COMMON = frozenset({"model", "mean_s", "straggler_fraction", "straggler_factor", "markov", "worker_factors", "params"})
+register_compute("constant", uses=(), params=())(lambda t, i: t.mean_s)
+register_compute("lognormal", uses=("sigma",), params=())(_lognormal)
+register_compute("calibrated", measured=True, uses=("sigma",), params=())(_lognormal)
+register_compute("measured", measured=True, uses=("sigma", "scale"), params=())(_lognormal)
+register_compute("exponential", uses=(), params=())(lambda t, i: float(t.rngs[i].exponential(t.mean_s)))
+register_compute("shifted_exp", uses=("shift_s",), params=())(
+    lambda t, i: t.spec.shift_s + float(t.rngs[i].exponential(t.mean_s - t.spec.shift_s)))
+register_compute("pareto", uses=("alpha",), params=())(
+    lambda t, i: t.mean_s * (t.spec.alpha - 1) / t.spec.alpha * float(1 + t.rngs[i].pareto(t.spec.alpha)))
+register_compute("trace", setup=_trace_setup, uses=("trace",), params=())(
+    lambda t, i: float(t.trace[i][(t.draws[i] - 1) % len(t.trace[i])]))
 
 _MEASURED: dict = {}  # (task timing key, batch size) -> seconds: time a task once per process
 

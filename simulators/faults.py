@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+
+from harness import streams
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -55,7 +57,7 @@ class FaultSchedule:
 
     def __init__(self, spec: FaultSpec | None, n: int, seed: int):
         self.spec = spec or FaultSpec()
-        self.rngs = [np.random.default_rng([seed, i, 19]) for i in range(n)]
+        self.rngs = [streams.rng("faults", seed, i) for i in range(n)]
         self.listed = [sorted(c.at_s for c in self.spec.crashes if c.worker == i) for i in range(n)]
         self.poisson = [self._draw(i, 0.0) for i in range(n)]
 

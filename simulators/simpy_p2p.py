@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from harness import ops
+from harness import ops, streams
 
 
 class P2PMixin:
@@ -23,7 +23,7 @@ class P2PMixin:
         self.uplinks = [simpy.Resource(self.env, 1) for _ in range(self.ranks)]
         self.downlinks = [simpy.Resource(self.env, 1) for _ in range(self.ranks)]
         self.inboxes = [simpy.FilterStore(self.env) for _ in range(self.ranks)]
-        self.loss_rng = np.random.default_rng([self.run.ctx.seed, 23])
+        self.loss_rng = streams.rng("message_loss", self.run.ctx.seed)
         self.dropped = [0] * self.ranks
 
     def _send(self, r, op):

@@ -39,7 +39,7 @@ class StackedBackend(Simulator):
         self.store = RowStore(self.run.ctx.n_clients)
         X = x0.expand(self.n, -1).clone()
         gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
-        handlers = self.handlers()
+        handlers = self.patterns()
         value = None
         while True:
             try:
@@ -53,7 +53,7 @@ class StackedBackend(Simulator):
                                    f"(algorithm {self.run.algorithm.algorithm_name!r}); use --backend simpy")
             value = h(op)
 
-    def handlers(self) -> dict:
+    def patterns(self) -> dict:
         """One handler per op pattern (:data:`harness.ops.PATTERNS`)."""
         return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
                 "local": self._local, "record": self._record, "start": self._start, "wait": self._wait,

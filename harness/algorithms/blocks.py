@@ -169,7 +169,9 @@ def sample_members(seed: int, rnd: int, n: int, m: int) -> tuple[int, ...]:
 
     if not 1 <= m <= n:
         raise ValueError(f"members: need 1 <= m <= n_workers = {n}, got m = {m}")
-    return tuple(sorted(int(i) for i in np.random.default_rng([seed, rnd, 31]).choice(n, m, replace=False)))
+    from harness import streams
+
+    return tuple(sorted(int(i) for i in streams.rng("members", seed, rnd).choice(n, m, replace=False)))
 
 
 class Versions:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REAL_BACKENDS = ("mpi", "torch")
+from harness.capabilities import BACKENDS, REAL as REAL_BACKENDS
+
 PARAMS_FILE = "final_params.pt"
 
 
@@ -22,12 +23,9 @@ def run_to_dir(cfg, out, force: bool = False, save_params: bool = False) -> tupl
     Returns ``(run_dir, ran)`` on every rank; only rank 0 writes files."""
     from harness.backends.runner import run_rank
 
-    if cfg.backend == "mpi":
-        from harness.backends.mpi import MPITransport as transport
-    elif cfg.backend == "torch":
-        from harness.backends.torchdist import TorchTransport as transport
-    else:
+    if cfg.backend not in REAL_BACKENDS:
         raise ValueError(f"backend: {cfg.backend!r} is not a real backend; choose one of {REAL_BACKENDS}")
+    transport = BACKENDS[cfg.backend].load()
     return run_rank(cfg, Path(out), transport, force=force, save_params=save_params)
 
 

@@ -44,7 +44,7 @@ import time
 import numpy as np
 import torch
 
-from harness import algorithms, ops
+from harness import algorithms, ops, streams
 from harness.algorithms import Ctx
 from harness.backends.launch import op_timeout_s
 from harness.backends.rank_comm import CommHandlers
@@ -78,7 +78,7 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.sampler = Sampler(self.task.shards, self.task.batch_size, cfg.seed)
         self.topology = topologies.build(cfg.topology, self.n, cfg.seed) if cfg.topology else None
         stream = self.n if self.role == "server" else self.i
-        self.rng = np.random.default_rng([cfg.seed, stream, 17])  # == simulators.base.Simulator.draw
+        self.rng = streams.rng("rand", cfg.seed, stream)  # == simulators.base.Simulator.draw
         self.stats = Stats(1 if self.role == "server" else self.n)  # rows read counters from here
         self.ctr = Counters()  # ... which are kept here and copied over when rows are written
         self.logged: list[tuple] = []  # (step, round, counters, loss, metrics) per worker row, see _write_rows

@@ -16,6 +16,8 @@ import time
 from typing import Callable, Literal
 
 import numpy as np
+
+from harness import streams
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -35,7 +37,7 @@ class SlowdownSpec(BaseModel):
         """Worker ``worker``'s next sleep (seconds) on each call, or None if it never sleeps."""
         if worker not in self.workers:
             return None
-        rng, m, s = np.random.default_rng([seed, worker, 23]), self.mean_s, self.sigma
+        rng, m, s = streams.rng("slowdown", seed, worker), self.mean_s, self.sigma
         draw = {"constant": lambda: m,
                 "exponential": lambda: float(rng.exponential(m)),
                 "lognormal": lambda: m * float(np.exp(s * rng.standard_normal() - s * s / 2)),

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness import streams
+
 
 class PartitionError(ValueError):
     pass
@@ -62,7 +64,7 @@ def powerlaw(labels: np.ndarray, n: int, seed: int, exponent: float = 1.0, min_s
     total = len(labels)
     if n * min_size > total:
         raise PartitionError(f"n_workers: {n} parts x {min_size} samples exceeds {total} training samples")
-    rng = np.random.default_rng([seed, 23])
+    rng = streams.rng("partition", seed)
     w = (np.arange(n) + 1.0) ** -exponent
     w = w[rng.permutation(n)]
     extra = np.floor(w / w.sum() * (total - n * min_size)).astype(np.int64)

@@ -1,0 +1,29 @@
+"""One registry of the random streams of a run: every ``numpy.random.default_rng`` key.
+
+A stream's seed sequence is ``[run seed, *ids, KEY]`` (or ``[run seed, KEY]``), so two
+streams are independent exactly when their keys differ. Keeping every key here makes a
+collision visible (``[seed, 23]`` used to seed both the data partition and message loss, so
+losses were correlated with the partition) and gives checkpoints one list of what to save.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+KEYS = {
+    "compute": 11,       # per-worker compute times (simulators.compute)
+    "stragglers": 13,    # which workers are persistently slow
+    "rand": 17,          # the Rand op: per worker, the server has id n
+    "faults": 19,        # per-worker crashes (simulators.faults)
+    "partition": 23,     # the data partition (harness.tasks.partition)
+    "slowdown": 23,      # [seed, worker, 23]: real backends' injected sleeps (its own 3-part sequence)
+    "message_loss": 29,  # dropped point-to-point messages (simulators.simpy_p2p)
+    "members": 31,       # blocks.sample_members: [seed, round, 31]
+}
+
+
+def rng(name: str, seed: int, *ids: int) -> np.random.Generator:
+    """The stream ``name`` of a run with ``seed`` (``ids``: a worker, a round, ...)."""
+    return np.random.default_rng([int(seed), *(int(i) for i in ids), KEYS[name]])
+
+
+__all__ = ["KEYS", "rng"]
