@@ -3,7 +3,7 @@
 ``harness list [KIND]`` prints each registered name with a one-line description and its
 parameters as ``name=default``. Nothing here is written by hand: names come from the
 registries (:data:`harness.algorithms.ALGORITHMS`, :data:`harness.tasks.TASKS`,
-:data:`topologies.NAMES`, :data:`simulators.compute.COMPUTE_MODELS`, the codec table of
+:data:`topologies.NAMES`, :data:`harness.models.compute.COMPUTE_MODELS`, the codec table of
 :mod:`harness.codecs`), descriptions from docstrings (the object's own, else the entry naming
 it in its module's bullet list, else the module's first sentence), parameters from
 signatures and pydantic models. So the listing, the README block and ``docs/algorithms.md``

@@ -29,8 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness import algorithms, capabilities, tasks, yamlio
-from simulators.compute import ComputeSpec
-from simulators.faults import FaultSpec
+from harness.models.compute import ComputeSpec
+from harness.models.faults import FaultSpec
 from harness.cost import NetworkSpec
 from harness.calibration.slowdown import SlowdownSpec
 from harness.recording import DivergenceSpec

@@ -32,8 +32,8 @@ def build(cfg: RunConfig, on_eval=None):
     import topologies
     from simulators import BACKENDS
     from simulators.base import Run
-    from simulators.compute import ComputeTimes, measure_grad_seconds
-    from simulators.faults import FaultSchedule
+    from harness.models.compute import ComputeTimes, measure_grad_seconds
+    from harness.models.faults import FaultSchedule
 
     torch.set_num_threads(cfg.threads)
     task = build_task(cfg.task, cfg.n_workers, cfg.seed)

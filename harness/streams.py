@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 KEYS = {
-    "compute": 11,       # per-worker compute times (simulators.compute)
+    "compute": 11,       # per-worker compute times (harness.models.compute)
     "stragglers": 13,    # which workers are persistently slow
     "rand": 17,          # the Rand op: per worker, the server has id n
-    "faults": 19,        # per-worker crashes (simulators.faults)
+    "faults": 19,        # per-worker crashes (harness.models.faults)
     "partition": 23,     # the data partition (harness.tasks.partition)
     "slowdown": 23,      # [seed, worker, 23]: real backends' injected sleeps (its own 3-part sequence)
     "message_loss": 29,  # dropped point-to-point messages (simulators.simpy_p2p)

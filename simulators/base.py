@@ -2,7 +2,7 @@
 
 A backend is an *interpreter* of ``harness.ops``: the ops say what is computed, the cost
 model (:mod:`harness.cost`) what it costs. Both simulated backends price compute with a
-:class:`~simulators.compute.ComputeTimes` model and write rows through one
+:class:`~harness.models.compute.ComputeTimes` model and write rows through one
 :class:`~harness.recording.Recorder`, so they agree to the last bit on time, bytes and
 parameters.
 """
@@ -19,8 +19,8 @@ from harness.algorithms import Ctx
 from harness.cost import NetworkSpec
 from harness.recording import Recorder, Stats
 from harness.tasks import Sampler, Task
-from simulators.compute import ComputeTimes
-from simulators.faults import FaultSchedule
+from harness.models.compute import ComputeTimes
+from harness.models.faults import FaultSchedule
 from topologies import Topology
 
 

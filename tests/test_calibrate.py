@@ -23,7 +23,7 @@ from harness.calibration.fit import fit_compute, fit_network, insitu_delay
 from harness.calibration.measure import step_compute
 from harness.config import ConfigError, deep_merge, expand, resolve
 from harness.cost import NetworkSpec
-from simulators.compute import ComputeSpec, ComputeTimes
+from harness.models.compute import ComputeSpec, ComputeTimes
 from tests.test_real_backends import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import pytest
 
 from harness.config import ConfigError
 from harness.experiment import simulate
-from simulators.compute import ComputeError, ComputeSpec, ComputeTimes
+from harness.models.compute import ComputeError, ComputeSpec, ComputeTimes
 from tests.helpers import small
 
 

@@ -179,3 +179,30 @@ def test_results_imports_nothing_of_the_other_packages_anywhere():
             bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
                     if n.split(".")[0] in ("harness", "simulators", "topologies")]
     assert not bad, "results must stay usable on its own (notebooks): " + "; ".join(bad)
+
+
+def package_cycles(graph: ImportGraph) -> list[str]:
+    """Cycles between top-level packages (each edge named by one module-level import)."""
+    g, where = nx.DiGraph(), {}
+    for (a, b), w in graph.edges.items():
+        pa, pb = a.split(".")[0], b.split(".")[0]
+        if pa != pb:
+            g.add_edge(pa, pb)
+            where.setdefault((pa, pb), f"{a} -> {b} ({w})")
+    return [" ; ".join(where[u, v] for u, v in nx.find_cycle(g.subgraph(c), source=min(c)))
+            for c in nx.strongly_connected_components(g) if len(c) > 1]
+
+
+def test_checker_finds_cycles_between_packages(tmp_path):
+    for name, text in {"p/__init__.py": "", "p/a.py": "import q.b\n", "q/__init__.py": "", "q/b.py": "x = 1\n",
+                       "q/c.py": "from p import a\n"}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert not import_graph(tmp_path, ("p", "q")).cycles()  # no module cycle ...
+    assert len(package_cycles(import_graph(tmp_path, ("p", "q")))) == 1  # ... but p <-> q
+
+
+def test_no_import_cycles_between_packages():
+    cycles = package_cycles(import_graph())
+    assert not cycles, ("module-level imports make the packages import each other (system models live in "
+                        "harness.models so that harness never imports simulators): " + "; ".join(cycles))

@@ -28,7 +28,7 @@ from torch import nn
 
 from harness.tasks import ModuleParams, ModuleTask, register_task
 from harness.tasks.partition import iid
-from simulators.compute import register_compute
+from harness.models.compute import register_compute
 
 
 class Net(nn.Module):
@@ -252,7 +252,7 @@ def test_measured_compute_time_follows_the_model_size(tmp_path):
         df, _ = simulate(cfg)
         secs[width] = df[(df.worker == 0) & (df.step == 1)].compute_s.item()
         task = build_task(cfg.task, 4, 1)
-        from simulators.compute import _MEASURED
+        from harness.models.compute import _MEASURED
 
         assert secs[width] == pytest.approx(2.0 * _MEASURED[(task.timing_key, 16)])  # timed once, cached
     assert 0 < secs[8] < secs[128]

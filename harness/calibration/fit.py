@@ -151,7 +151,7 @@ def step_times(metrics: pd.DataFrame, warmup: int = 3) -> np.ndarray:
 
 def expected_max(compute: dict, n: int, seed: int = 0, draws: int = 4000) -> float:
     """``E[max of n workers' compute draws]`` per step under a ``compute:`` section (Monte Carlo)."""
-    from simulators.compute import ComputeSpec, ComputeTimes
+    from harness.models.compute import ComputeSpec, ComputeTimes
 
     times = ComputeTimes(ComputeSpec(**compute), n, seed)
     return float(np.mean([max(times.sample(i) for i in range(n)) for _ in range(max(1, draws // n))]))
