@@ -207,6 +207,20 @@ def _check_out(out: Path, field: str, existing: str = "one written by harness ru
             break
 
 
+def os_error_line(e: BaseException) -> str:
+    """One line for any error; an ``OSError`` (full disk, read-only file system, permissions, a
+    symlink loop, a file where a directory must be) as "PATH: cause" plus the fix, one rule for
+    every errno. Paths come from the error itself (``results.store.naming`` adds them to writes)."""
+    if not isinstance(e, OSError) or e.filename is None:
+        return str(e)
+    import os
+
+    cause = os.strerror(e.errno) if e.errno else (e.strerror or type(e).__name__)
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    return (f"{where}: {cause}; free space or fix that path (permissions, a file or link in the way), "
+            "or give --out another directory; then run the same command again")
+
+
 def _is_root() -> bool:
     from harness.backends import env_rank
 
@@ -253,14 +267,14 @@ def cmd_report(a) -> int:
     from results.report import write_report
 
     if not Path(a.dir).is_dir():
-        what = "is a file, not a directory" if Path(a.dir).exists() else "no such directory"
+        what = ("is a file, not a directory" if Path(a.dir).exists() else "a broken or looping symbolic link"
+                if Path(a.dir).is_symlink() else "no such directory")
         raise ConfigError(f"DIR: {str(a.dir)!r}: {what}; give a directory of runs "
                           f"(harness run CONFIG --out {a.dir} writes one)")
     target = a.target
     if target is not None and not 0 < target <= 1:
         raise ConfigError(f"--target: expected a test accuracy in (0, 1], got {target}")
-    if a.out is not None:
-        _check_out(Path(a.out), "--out", "an earlier report")
+    _check_out(Path(a.out or Path(a.dir) / "report"), "--out", "an earlier report")
     try:
         if target is None:
             df = results.load(a.dir)
@@ -306,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # --help, --version: printed; mistakes raise _UsageError instead
             return int(e.code or 0)
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[a.cmd](a)
-    except (ConfigError, ValueError, FileNotFoundError, ResultsError) as e:
+    except (ConfigError, ValueError, OSError, ResultsError) as e:
         if _is_root():  # under a parallel launcher every rank fails alike; say it once
-            print(f"harness: error: {' '.join(str(e).split())}", file=sys.stderr)
+            print(f"harness: error: {' '.join(os_error_line(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted; the run in progress is marked 'failed' in its run.json; run the same command again to resume", file=sys.stderr)
