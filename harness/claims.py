@@ -5,16 +5,22 @@ array tasks, a requeued task, a re-run after a crash), and skipping *finished* r
 enough: a run that another process is still running must be skipped too, or it runs twice
 and the second writer's table silently replaces the first's.
 
-Before a run starts, its directory gets ``claim.json`` created with ``O_CREAT | O_EXCL`` (so
-exactly one process succeeds) holding ``host``, ``pid``, ``started``, ``token`` and, under
-SLURM, ``slurm_job``. A thread of the owner touches the file every minute (its mtime is a
+Before a run starts, its directory gets ``claim.json`` holding ``host``, ``pid``, ``started``,
+``token`` and, under SLURM, ``slurm_job``. The content is written to a temp file first and then
+hard-linked to ``claim.json`` (``link`` fails if the name exists: ``O_EXCL`` semantics, so
+exactly one process succeeds), so the claim appears whole or not at all: a full disk fails the
+write with one error and leaves no empty claim that would block the run later. (On a file
+system without hard links the file is created ``O_EXCL`` and written in place, and removed if
+the write fails.) A thread of the owner touches the file every minute (its mtime is a
 heartbeat) and the file is removed when the run ends, however it ends. A process that finds
 a claim skips the run unless the claim is *stale*:
 
 * its owner ran on this host and that pid is gone (killed, crashed, out of memory);
 * it belongs to this very SLURM job (a requeued task: SLURM runs a job id once at a time);
 * it was not touched for ``HARNESS_CLAIM_STALE_S`` seconds (default 900; an owner on another
-  host that died, or a hung file system).
+  host that died, or a hung file system);
+* it is empty or not a claim (left by a write that failed or was killed, e.g. on a full disk, by
+  an older harness) and older than ``UNREADABLE_GRACE_S`` (no writer takes that long).
 
 A stale claim is taken over with a one-line note on stderr. Takeovers are serialised by a
 second ``O_EXCL`` file (``claim.json.takeover``), so two processes never take over together.
@@ -24,6 +30,7 @@ it between the first check and the claim.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import socket
@@ -33,12 +40,13 @@ import time
 import uuid
 from pathlib import Path
 
-from results.store import METRICS, RUN_JSON
+from results.store import METRICS, RUN_JSON, damage, naming
 
 CLAIM = "claim.json"
 STALE_ENV = "HARNESS_CLAIM_STALE_S"
 DEFAULT_STALE_S = 900.0
 DONE = ("finished", "diverged")  # runs that ended with a table: skipped by re-runs
+UNREADABLE_GRACE_S = 2.0  # an empty or garbled claim older than this is stale (see why_stale)
 
 
 def stale_after_s() -> float:
@@ -55,9 +63,25 @@ def status(run_dir: Path) -> str | None:
     return rec.get("status") if isinstance(rec, dict) else None
 
 
-def is_done(run_dir: Path) -> bool:
-    """The run ended with its table written (finished, or stopped as diverged)."""
-    return status(run_dir) in DONE and (Path(run_dir) / METRICS).exists()
+_NOTED: set[str] = set()  # damaged runs already named by this process (is_done runs twice a run)
+
+
+def is_done(run_dir: Path, note=None) -> bool:
+    """The run ended with its table written (finished, or stopped as diverged) and its files
+    are readable. A damaged one (truncated ``metrics.parquet``, garbled ``run.json``) is not
+    done: it runs again, and one note line (``note``, default stderr) says why."""
+    run_dir = Path(run_dir)
+    why = damage(run_dir)
+    if why is not None:
+        if why not in _NOTED:
+            _NOTED.add(why)
+            (note or _stderr)(f"harness: note: {run_dir.name}: its results are damaged ({why}); running it again")
+        return False
+    return status(run_dir) in DONE and (run_dir / METRICS).exists()
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class Claim:
@@ -112,15 +136,55 @@ def read(path: Path) -> dict | None:
 
 
 def _create(path: Path, beat_s: float) -> Claim | None:
+    """Create the claim whole (temp file, then ``link``); None if one exists. A failed write
+    (full disk, read-only) raises ``OSError`` naming ``path`` and leaves nothing behind."""
     info = _me()
+    text = json.dumps(info) + "\n"
+    tmp = path.with_name(f".{path.name}.{info['token']}.tmp")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with naming(path):
+            _write_new(tmp, text)
+            try:
+                os.link(tmp, path)  # fails if path exists, like O_EXCL; the claim appears whole
+            except FileExistsError:
+                return None
+            except OSError as e:
+                if e.errno not in _NO_LINKS:
+                    raise
+                return _create_in_place(path, text, info, beat_s)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:  # never written (read-only, full), or already gone
+            pass
+    return Claim(path, info, beat_s)
+
+
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}  # FAT, some FUSE/SMB
+
+
+def _write_new(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+def _create_in_place(path: Path, text: str, info: dict, beat_s: float) -> Claim | None:
+    """No hard links here: ``O_EXCL`` create and write; a reader may see it empty for a moment
+    (hence ``UNREADABLE_GRACE_S``)."""
+    try:
+        _write_new(path, text)
     except FileExistsError:
         return None
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(info) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
     return Claim(path, info, beat_s)
 
 
@@ -143,6 +207,8 @@ def why_stale(owner: dict, age_s: float, limit_s: float) -> str | None:
         return f"it is an earlier run of this SLURM job {job} (requeued)"
     if age_s > limit_s:
         return f"not touched for {age_s:.0f} s > {STALE_ENV}={limit_s:g}"
+    if not owner and age_s > UNREADABLE_GRACE_S:
+        return "it is empty or not a claim (a write that never completed, e.g. on a full disk)"
     return None
 
 
@@ -155,7 +221,7 @@ def _who(owner: dict) -> str:
 def acquire(run_dir: Path, run_id: str, note=None) -> Claim | None:
     """Claim ``run_dir`` for this process, taking over a stale claim; None if another process
     holds it (one note line says who). ``note``: where notes go (default: stderr)."""
-    note = note or (lambda line: print(line, file=sys.stderr, flush=True))
+    note = note or _stderr
     limit = stale_after_s()
     beat = max(0.05, min(60.0, limit / 4))
     run_dir = Path(run_dir)

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from results.errors import ResultsError, ResultsWarning
 from results.schema import COLUMNS, OPTIONAL, conform
-from results.store import METRICS, RUN_JSON, read_json
+from results.store import METRICS, RUN_JSON, damage, read_json
 
 CFG_PREFIX = "cfg."
 ENDED = ("finished", "diverged")  # runs whose table is complete: what ``finished_only`` keeps
@@ -82,21 +82,16 @@ def runs(root: str | os.PathLike) -> pd.DataFrame:
     """
     rows = []
     for d in find_runs(root):
-        rec, damage = {}, []
+        why = damage(d)
         try:
             rec = read_json(d / RUN_JSON) if (d / RUN_JSON).exists() else {}
-        except ResultsError as e:
-            damage.append(str(e))
+        except ResultsError:  # ``why`` names it
+            rec = {}
         has_metrics = (d / METRICS).exists()
-        if has_metrics:
-            try:
-                pq.read_metadata(d / METRICS)
-            except Exception as e:  # truncated, not parquet, unreadable: the table is lost
-                damage.append(f"{d / METRICS}: unreadable parquet ({type(e).__name__}: {e})")
         cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
         status, error = rec.get("status", "unknown"), rec.get("error")
-        if damage:
-            status, error = "damaged", "; ".join([*([str(error)] if error else []), *damage])
+        if why:
+            status, error = "damaged", "; ".join([*([str(error)] if error else []), why])
         rows.append({"run_id": rec.get("run_id", d.name), "status": status, "error": error,
                      "started": rec.get("started"), "finished": rec.get("finished"), "path": str(d),
                      "has_metrics": has_metrics, "diverged": rec.get("diverged"), "config": cfg, **flatten(cfg)})

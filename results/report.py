@@ -12,8 +12,10 @@
   are in the tables: a diverged run's are, a killed or failed one usually has none) and files
   that could not be read, and every run's config.
 
-A diverged run shows "diverged" where an accuracy would be; a run with an unreadable
-``run.json`` is counted in its setting but flagged ("3 (1 damaged)").
+A diverged run shows "diverged" where an accuracy would be. A damaged run (unreadable
+``run.json``: its config and status cannot be trusted) is left out of every table and figure
+and named instead (the report's note on unfinished runs; a line under :func:`format_summary`'s
+table); ``harness run`` of its config runs it again.
 
 :func:`format_summary` renders the per-setting table as fixed-width text for a terminal.
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from results import settings, stats
-from results.errors import ResultsWarning
+from results.errors import ResultsError, ResultsWarning
 from results.load import load, runs
 from results.store import atomic_text
 
@@ -71,9 +73,27 @@ def _acc_cell(m, c, n, dv, runs) -> str:
     return cell + (f" ({dv}/{runs} diverged)" if dv else "")
 
 
+DAMAGED = "damaged"
+
+
+def split_damaged(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``(rows of undamaged runs, sorted ids of damaged runs)``: a damaged run is never averaged
+    with healthy ones."""
+    if "status" not in df or not len(df):
+        return df, []
+    bad = df["status"].astype(object).eq(DAMAGED).to_numpy(bool)
+    return df[~bad], sorted(map(str, set(df.loc[bad, "run_id"])))
+
+
+def _left_out(ids: list[str]) -> str:
+    return (f"left out: {len(ids)} damaged run(s) (unreadable run.json): {', '.join(ids)}; "
+            "`harness run` of their config runs them again")
+
+
 def _table(summary_df: pd.DataFrame) -> pd.DataFrame:
     """The per-setting table (mean over seeds; every varying config key is a column) with
-    every cell formatted as text."""
+    every cell formatted as text; damaged runs left out (:func:`split_damaged`)."""
+    summary_df, _ = split_damaged(summary_df)
     agg = stats.aggregate(summary_df)
     by = stats.setting_columns(summary_df)
     if BASELINE in set(summary_df["algorithm"].dropna()) and agg["algorithm"].nunique() > 1:
@@ -82,7 +102,7 @@ def _table(summary_df: pd.DataFrame) -> pd.DataFrame:
         on += [c for c in by if c.startswith("cfg.") and not c.startswith(("cfg.algorithm.", "cfg.topology."))]
         agg = stats.reduction_vs(agg, BASELINE, "total_bytes", on=on)
     out = pd.DataFrame({settings.short(c): agg[c].map(settings.fmt) for c in by})
-    out["runs"] = [f"{n}" + (f" ({d} damaged)" if d else "") for n, d in zip(agg["runs"], agg["damaged"])]
+    out["runs"] = [f"{n}" for n in agg["runs"]]
     out[ACC] = [_acc_cell(*v) for v in zip(agg["final_test_acc"], agg["final_test_acc_ci"],
                                           agg["final_test_acc_n"], agg["diverged"], agg["runs"])]
     out["total bytes"] = agg["total_bytes"].map(human_bytes)
@@ -100,14 +120,18 @@ def _table(summary_df: pd.DataFrame) -> pd.DataFrame:
 def format_summary(summary_df: pd.DataFrame) -> str:
     """A short fixed-width text table of a summary: one line per algorithm/partition
     (and any other setting that varies): runs, final test acc (mean ± 95% t half-width),
-    total bytes (KB/MB/GB), time, and time to target as "mean over reached (k/n)"."""
-    t = _table(summary_df)
+    total bytes (KB/MB/GB), time, and time to target as "mean over reached (k/n)". Damaged
+    runs are left out and named on a last line."""
+    kept, damaged = split_damaged(summary_df)
+    if not len(kept):
+        return _left_out(damaged) if damaged else "no runs"
+    t = _table(kept)
     cols = list(t.columns)
     widths = [max(len(c), *(len(v) for v in t[c])) for c in cols]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in t.itertuples(index=False)]
-    return "\n".join(lines)
+    return "\n".join(lines + ([_left_out(damaged)] if damaged else []))
 
 
 def _markdown(t: pd.DataFrame) -> str:
@@ -213,6 +237,11 @@ def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     problems = list(df.attrs.get("problems", []))
+    df, damaged = split_damaged(df)
+    if damaged:
+        problems.append(_left_out(damaged).replace("left out", "left out of the tables and figures", 1))
+        if not len(df):
+            raise ResultsError(f"no undamaged runs under {root}: {_left_out(damaged)}")
     out.mkdir(parents=True, exist_ok=True)
     s = stats.summary(df, target_acc)
     atomic_text(out / "summary.csv", s.to_csv(index=False))

@@ -9,6 +9,7 @@ onto the final name, so a reader sees the old file or the new one, never half of
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -30,18 +31,36 @@ _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) 
 os.umask(_UMASK)
 
 
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """Re-raise an ``OSError`` that names no file (a failed ``write``, pyarrow's "Error writing
+    bytes") or only ``path``'s hidden temp file (``.NAME.*``) as the same kind of error naming
+    ``path``, with the plain cause (``os.strerror``): the CLI turns any ``OSError`` into one line
+    "PATH: cause", so it must know the path the user knows."""
+    try:
+        yield
+    except OSError as e:
+        temp = e.filename is not None and os.path.basename(os.fsdecode(e.filename)).startswith(
+            f".{Path(path).name}.")
+        if (e.filename is not None and not temp) or e.errno is None:
+            raise
+        raise OSError(e.errno, os.strerror(e.errno), os.fspath(path)) from e
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` for a temp file beside ``path``, then move it onto ``path``:
     a reader (or a killed writer) never leaves half a file. The one way files are written.
     The file gets the permissions a plain ``open(path, "w")`` would (``mkstemp`` makes 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        with naming(path):
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -120,3 +139,23 @@ def read_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
         return conform(df), record
     except (TypeError, ValueError) as e:
         raise ResultsError(f"{path}: schema mismatch: {e}") from None
+
+
+def damage(run_dir: str | os.PathLike) -> str | None:
+    """Why a run directory's files cannot be trusted (a ``run.json`` that is not a JSON object,
+    a ``metrics.parquet`` without a readable footer: truncated, not parquet), or None. Cheap: the
+    parquet footer only. Used by ``results.runs`` (status ``damaged``) and by re-runs, which run
+    a damaged run again instead of skipping it as finished."""
+    run_dir = Path(run_dir)
+    why = []
+    if (run_dir / RUN_JSON).exists():
+        try:
+            read_json(run_dir / RUN_JSON)
+        except ResultsError as e:
+            why.append(str(e))
+    if (run_dir / METRICS).exists():
+        try:
+            pq.read_metadata(run_dir / METRICS)
+        except Exception as e:  # truncated, not parquet, unreadable: the table is lost
+            why.append(f"{run_dir / METRICS}: unreadable parquet ({type(e).__name__}: {e})")
+    return "; ".join(why) or None
