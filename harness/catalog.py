@@ -219,7 +219,7 @@ def _topologies() -> list[Entry]:
 
 
 def _compute() -> list[Entry]:
-    from simulators import compute
+    from harness.models import compute
 
     fields = {p.name: p for p in _fields(compute.ComputeSpec, skip=("model",))}
     out, used = [], set()
@@ -233,7 +233,7 @@ def _compute() -> list[Entry]:
         used |= {p.name for p in mine}
         out.append(Entry("compute", name, summary, mine, doc, m.draw.__module__,
                          ["mean_s is measured on this machine"] if m.measured else [],
-                         m.draw.__module__.startswith("simulators.")))
+                         m.draw.__module__.startswith(("simulators.", "harness.models."))))
     common = ", ".join(f"{p.name}={value(p.default)}" for k, p in fields.items() if k not in used)
     for e in out:
         e.notes.append(f"every model also takes {common}")

@@ -7,9 +7,9 @@ that moment and moves the center by the same amount:
     e = alpha (x_i - x_c);    x_c <- x_c + e   (server, on arrival);    x_i <- x_i - e
 
 ``alpha = beta / n``. No barrier: fast workers exchange more often. Cost per exchange:
-1 model-sized vector up, 1 down. Defaults: tau=4, lr 0.1, momentum 0.9 (the lab's baseline
-settings in ALGORITHMS.md) and the paper's moving rate beta=0.9 (ALGORITHMS.md's beta=0.1
-makes the pull weak at n=16; set it in the config to compare).
+1 model-sized vector up, 1 down. Defaults: tau=4, lr 0.1, momentum 0.9 (the baseline settings
+of the authors' lab) and the paper's moving rate beta=0.9 (its Section 5; the lab's baseline
+beta=0.1 makes the pull weak at n=16; set it in the config to compare).
 """
 from harness.algorithms import register
 from harness.algorithms.blocks import Fraction, Optimizer, Period, every, Versions

@@ -1,6 +1,6 @@
 """Asynchronous Local-SGD (Liu et al., arXiv 2401.09135) with Delayed Nesterov and
-dynamic local updates. Rules reconstructed from ALGORITHMS.md (two re-implementations
-citing the paper's Algorithm 3); constants are tunable, not the paper's verified code.
+dynamic local updates. A RECONSTRUCTION from two re-implementations
+citing the paper's Algorithm 3; constants are tunable, not the paper's verified code.
 
 Server holds ``theta`` and the outer momentum ``m``. Worker ``w`` pulls ``theta``, takes
 ``H_w`` inner steps (its inner optimizer state persists), pushes ``Delta_w = theta_pulled -

@@ -4,7 +4,7 @@ a RECONSTRUCTION from the paper's abstract; the paper's Algorithm 1 could not be
 The abstract describes local gradient steps with a consensus *pull* towards the worker
 average and a *push* (from a relaxed "Inverse Mean Valley" sharpness regulariser) that
 keeps workers apart, the final valley width being set by the two strengths. Implemented
-form (ALGORITHMS.md):
+form (reconstructed):
 
     x_i <- x_i + opt_i(grad f_i(x_i))                              every step
     xbar = (1/n) sum_j x_j                                         (all-reduce, every tau steps)

@@ -17,7 +17,7 @@ refers to all workers, so a permanent crash (fault policy ``continue``) stops th
 Consensus rows evaluate the last elected leader (``Record(eval_x=...)``), the model LSGD
 ships; the workers' average, which the pull never targets, is not evaluated.
 
-Defaults (not in ALGORITHMS.md; set for the digits task): tau=4, pull=0.1, SGD lr 0.1
+Defaults (not the paper's; set for the digits task): tau=4, pull=0.1, SGD lr 0.1
 with momentum 0.9.
 """
 import torch

@@ -13,8 +13,8 @@ The first ``sync_warmup`` steps are synchronous SGD (gradients all-reduced each 
 the outer loop starts after them. Deviations: every worker still computes (and is
 charged for) a gradient on pseudo-sync steps, because a per-worker choice cannot skip
 work on the stacked backend -- simulated time is an upper bound on PALSGD's. The rule
-was read from ALGORITHMS.md (the paper's constants: H=32, p=0.2, eta=1, outer Nesterov
-lr 0.1 for GPT-Neo); here ``eta / p`` is the pull fraction, so it must be <= 1 and
+follows the paper's Algorithm 1 as summarised by its authors (constants: H=32, p=0.2, eta=1,
+outer Nesterov lr 0.1 for GPT-Neo); here ``eta / p`` is the pull fraction, so it must be <= 1 and
 eta defaults to 0.1 (pull 0.5). Outer lr 0.7 momentum 0.9 and inner SGD lr 0.1 with
 momentum 0.9 suit the digits task; ``inner: adamw`` uses AdamW (per-worker step counts).
 A worker that crashes for good (fault policy ``continue``) drops out of the averages.
