@@ -18,6 +18,7 @@ the runs finished or running here.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,17 @@ def every_s() -> float:
     from harness import envvars  # [issue 21] one checked reader for every variable
 
     return envvars.get(EVERY_ENV)
+
+
+def say(text: str) -> None:
+    """Print a line to stdout; if stdout was closed (``harness sweep ... | head``), say so once
+    on stderr and go on without it: a closed pipe must not stop the runs (it used to end the
+    sweep with a BrokenPipeError traceback)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
+        print("harness: stdout was closed; the runs go on without progress lines", file=sys.stderr, flush=True)
 
 
 def duration(s: float) -> str:
@@ -97,7 +109,7 @@ class Progress:
             self._bar.write(text, file=sys.stdout)
         else:
             with self._lock:
-                print(text, flush=True)
+                say(text)
 
     def close(self) -> None:
         self._stop.set()
@@ -154,7 +166,7 @@ class Progress:
             line = self.line()
             with self._lock:
                 if not self._stop.is_set():
-                    print(line, flush=True)
+                    say(line)
 
 
 __all__ = ["DEFAULT_EVERY_S", "EVERY_ENV", "Progress", "duration", "every_s"]

@@ -259,3 +259,17 @@ def test_kill_9_of_the_sweep_ends_its_workers_and_frees_its_semaphores(tmp_path)
             break
         time.sleep(0.2)
     assert not left, f"semaphores left in /dev/shm by the killed sweep: {left}"
+
+
+def test_a_closed_stdout_does_not_stop_the_runs(tmp_path):
+    """``harness run ... | head -1``: the progress line after the pipe closed used to end the
+    run with a BrokenPipeError traceback; now one line on stderr and the runs go on."""
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(conf(tmp_path, steps=3000, seeds=(0, 1))),
+                          "--out", str(tmp_path / "o")], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, progress.EVERY_ENV: "0.05"})
+    p.stdout.readline()
+    p.stdout.close()  # as `| head -1` does
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "harness: stdout was closed; the runs go on" in err, err
+    assert all(claims.status(d) == "finished" for d in (tmp_path / "o").iterdir())
