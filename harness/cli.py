@@ -44,6 +44,14 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message}; see {self.prog} --help")
 
 
+def dir_arg(text: str) -> str:
+    """argparse type of ``--out``: an empty text would silently mean the default directory [issue 21]."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a directory, e.g. --out runs/demo (leave --out out for the "
+                                         "default)")
+    return text
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Descriptions and examples kept as written; an option's default appended to its help
     unless the text already says it or the option is a flag."""
@@ -94,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("config", metavar="CONFIG", help="YAML experiment file, e.g. presets/demo.yaml")
     r.add_argument("--backend", choices=BACKENDS, help="override the config's backend (default: the config's, "
                    "else simpy)")
-    r.add_argument("--out", metavar="DIR", help="output directory (default: runs/<config name>)")
+    r.add_argument("--out", metavar="DIR", type=dir_arg, help="output directory (default: runs/<config name>)")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field in every run (dotted key; value parsed as YAML); repeatable; "
                    "cases.N.KEY=VALUE sets it in case N only (1 = the first case; wins over a plain --set of the same key), "
@@ -111,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                   "harness report runs/demo", "harness report runs/demo --target 0.85 --out /tmp/demo-report")
     rep.add_argument("dir", metavar="DIR", help="a directory written by harness run (or sweep, slurm submit)")
     rep.add_argument("--target", type=float, default=None, metavar="ACC", help="target test accuracy (default: the runs' target_acc)")
-    rep.add_argument("--out", metavar="DIR2", help="write the report into this directory (default: DIR/report)")
+    rep.add_argument("--out", metavar="DIR2", type=dir_arg, help="write the report into this directory (default: DIR/report)")
     ls = command("list", "list algorithms, tasks, topologies, compute models and codecs with their parameters",
                  "harness list", "harness list algorithms", "harness list topologies",
                  "harness list algorithms --config my_experiment.yaml   # with the algorithms its imports: register")

@@ -49,6 +49,7 @@ belong to workers and hold one model-shaped tensor each (the initial model until
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Sequence
 
@@ -195,6 +196,10 @@ class AllReduce(Collective):
     def __post_init__(self):
         if self.op not in ("mean", "sum"):
             raise ValueError(f"AllReduce.op must be 'mean' or 'sum', got {self.op!r}")
+        q = self.quorum  # [issue 21] 0 (or False) must not read as "no quorum"
+        if q is not None and (isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1):
+            raise ValueError(f"AllReduce.quorum must be a whole number >= 1 (reduce the first k arrivals) or None "
+                             f"(all members), got {q!r}")
         c = codecs.parse(self.codec)
         agg = aggregators.parse(self.op if self.reduce is None else self.reduce)
         object.__setattr__(self, "aggregator", agg)

@@ -37,7 +37,9 @@ class SlurmError(ValueError):
 def _common(p: argparse.ArgumentParser):
     """The arguments ``harness slurm submit`` and ``harness sweep`` share with ``harness run``."""
     p.add_argument("config", help="YAML experiment file, e.g. presets/demo.yaml")
-    p.add_argument("--out", help="output directory (default: runs/<config name>)")
+    from harness.cli import dir_arg
+
+    p.add_argument("--out", type=dir_arg, help="output directory (default: runs/<config name>)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (dotted key; value parsed as YAML; cases.N.KEY for case N "
                         "only); repeatable (default: none)")
@@ -195,8 +197,6 @@ def check_args(a) -> None:
         if not line.startswith("-") or not line.strip():
             raise SlurmError(f"--sbatch-arg {line!r}: expected an sbatch option that starts with '-', "
                              "e.g. --sbatch-arg=--qos=low")
-    if a.out is not None and not a.out.strip():
-        raise SlurmError("--out: empty; give an output directory, e.g. --out runs/demo (or leave --out out)")
 
 
 def _has_server(cfg) -> bool:

@@ -265,3 +265,91 @@ def test_a_plugin_that_forks_still_imports(capsys, tmp_path):
 
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0 and signal.getsignal(signal.SIGALRM) in (
         signal.SIG_DFL, signal.default_int_handler, None)
+
+
+# -- item 10: options that were silently ignored ---------------------------------------------------------
+@pytest.mark.parametrize("extra,words", [
+    ("compute: {model: lognormal, params: {p: 0.2}}", ("compute.params.p", "takes no params")),
+    ("compute: {model: constant, params: {seconds: 1}}", ("compute.params.seconds",)),
+    ("compute: {model: pareto}\ngrid: {compute.params.x: [1]}", ("compute.params.x",)),
+    ("network: {intra: {latency_s: 1e-6}}", ("network.intra", "workers_per_node")),
+    ("network: {intra: {bandwidth_Bps: 1e10}, workers_per_node: null}", ("network.intra",)),
+])
+def test_options_a_run_would_ignore_are_named(capsys, tmp_path, extra, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + extra + "\n")
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")
+    assert rc == 2, out
+    line = one_line(err, *words)
+    assert line.startswith(f"harness: error: {words[0]}"), line
+
+
+def test_options_a_run_uses_are_still_fine(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.replace("n_workers: 2", "n_workers: 4") +
+                    "compute: {model: pareto, mean_s: 0.02, alpha: 2.5, straggler_fraction: 0.25}\n"
+                    "network: {workers_per_node: 2, intra: {latency_s: 1e-6}, allreduce: hierarchical}\n")
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")
+    assert rc == 0, err
+
+
+def test_a_declared_plugin_compute_model_checks_its_params(capsys, tmp_path):
+    (tmp_path / "plugin.py").write_text(
+        "from simulators.compute import register_compute\n"
+        "@register_compute('r2_bimodal', params=('p',))\n"
+        "def bimodal(times, i):\n    return times.mean_s * (5.0 if times.rngs[i].random() < times.spec.params.get('p', 0.1)"
+        " else 1.0)\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(PLUGIN_CFG + "compute: {model: r2_bimodal, params: {p: 0.2}}\n")
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")
+    assert rc == 0, err
+    path.write_text(PLUGIN_CFG + "compute: {model: r2_bimodal, params: {q: 0.2}}\n")
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")
+    assert rc == 2
+    one_line(err, "compute.params.q: model 'r2_bimodal' takes the params p")
+
+
+@pytest.mark.parametrize("rows,words", [
+    ("0,1,0.1\n0,2,-0.5\n1,1,0.1\n", ("row 3", "-0.5")),
+    ("0,1,0.1\n0,2,fast\n1,1,0.1\n", ("row 3", "'fast'")),
+    ("0,1,inf\n1,1,0.1\n", ("row 2", "inf")),
+    ("0,1,0.1\n1,1,\n", ("row 3", "nan")),
+    ("0,1,0.1\n", ("no rows for worker 1",)),
+])
+def test_a_bad_compute_trace_is_named_when_the_config_is_read(capsys, tmp_path, rows, words):
+    (tmp_path / "t.csv").write_text("worker,step,seconds\n" + rows)
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + f"compute: {{model: trace, trace: {tmp_path / 't.csv'}}}\n")
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--list")  # --list: nothing runs
+    assert rc == 2, out
+    one_line(err, "compute.trace", *words)
+
+
+@pytest.mark.parametrize("quorum", ["0", "-1", "1.5", "True"])
+def test_allreduce_quorum_zero_is_not_no_quorum(capsys, tmp_path, quorum):
+    (tmp_path / "plugin.py").write_text(
+        "from harness.algorithms import register\nfrom harness.ops import AllReduce, Grad, Record\n"
+        f"@register('r2_quorum_{quorum.replace('.', '_').replace('-', 'm')}')\n"
+        f"def alg(ctx, x, *, lr: float = 0.1):\n    for t in range(ctx.steps):\n"
+        f"        loss, g = yield Grad(x)\n        g = yield AllReduce(g, quorum={quorum})\n"
+        f"        x = x - lr * g.value\n        yield Record(step=t + 1, x=x, loss=loss)\n    return x\n")
+    path = tmp_path / "c.yaml"
+    name = f"r2_quorum_{quorum.replace('.', '_').replace('-', 'm')}"
+    path.write_text(PLUGIN_CFG.replace("algorithm: sync_sgd", f"algorithm: {name}"))
+    rc, out, err = harness(capsys, "run", path, "--out", tmp_path / "o", "--quiet")
+    assert rc == 2, (out, err)
+    one_line(err, "AllReduce.quorum", quorum)
+
+
+@pytest.mark.parametrize("argv", [["run", "{cfg}", "--out", ""], ["run", "{cfg}", "--out", " ", "--list"],
+                                  ["report", "{dir}", "--out", ""], ["sweep", "{cfg}", "--out", ""]])
+def test_an_empty_out_is_named(capsys, cfg, tmp_path, argv):
+    argv = [a.replace("{cfg}", str(cfg)).replace("{dir}", str(tmp_path)) for a in argv]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        rc, out, err = harness(capsys, *argv)
+    finally:
+        os.chdir(cwd)
+    assert rc == 2 and not (tmp_path / "runs").exists()
+    one_line(err, "--out: empty")

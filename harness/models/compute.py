@@ -47,24 +47,20 @@ class ComputeModel:
     draw: Callable[["ComputeTimes", int], float]
     measured: bool = False
     setup: Callable[["ComputeTimes"], None] | None = None
-    uses: frozenset[str] | None = None  # ComputeSpec fields it reads beyond COMMON (None: not declared)
     params: frozenset[str] | None = None  # the keys of compute.params it reads (None: not declared)
 
 
 COMPUTE_MODELS: dict[str, ComputeModel] = {}
 
 
-def register_compute(name: str, *, measured: bool = False, setup: Callable | None = None,
-                     uses=None, params=None):
+def register_compute(name: str, *, measured: bool = False, setup: Callable | None = None, params=None):
     """Decorator: ``@register_compute("mine")`` on ``draw(times, i) -> float`` makes
     ``compute: {model: mine, params: {...}}`` available. ``params=("p", ...)`` declares the keys
-    of ``compute.params`` it reads and ``uses=("sigma", ...)`` the fields of the compute section
-    beyond :data:`COMMON`: a config that sets anything else is then one error line [issue 21]
-    (undeclared: any params and fields are accepted, as the model may read them)."""
+    of ``compute.params`` it reads: any other key is then one error line [issue 21] (undeclared:
+    any params are accepted, as the model may read them; the built-ins take none)."""
 
     def deco(fn):
-        COMPUTE_MODELS[name] = ComputeModel(fn, measured, setup, None if uses is None else frozenset(uses),
-                                            None if params is None else frozenset(params))
+        COMPUTE_MODELS[name] = ComputeModel(fn, measured, setup, None if params is None else frozenset(params))
         return fn
 
     return deco
@@ -110,13 +106,7 @@ class ComputeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        m = COMPUTE_MODELS[self.model]  # [issue 21] a field or param the model never reads is a mistake
-        if m.uses is not None:
-            valid = (COMMON | m.uses) - ({"mean_s"} if m.measured else set())  # measured: mean_s is measured
-            ignored = sorted(self.model_fields_set - valid)
-            if ignored:
-                raise ValueError(f"compute.{ignored[0]}: model {self.model!r} does not use it (its fields: "
-                                 f"{', '.join(sorted(valid))}); remove it or choose a model that does")
+        m = COMPUTE_MODELS[self.model]  # [issue 21] a param the model never reads is a mistake
         if m.params is not None:
             unknown = sorted(set(self.params) - m.params, key=str)
             if unknown:
@@ -203,20 +193,17 @@ def _trace_setup(t: ComputeTimes):
     t.trace = load_trace(t.spec.trace, len(t.rngs))
 
 
-# fields each built-in reads beyond COMMON (a measured model measures mean_s instead of reading it);
-# none takes params
-COMMON = frozenset({"model", "mean_s", "straggler_fraction", "straggler_factor", "markov", "worker_factors", "params"})
-register_compute("constant", uses=(), params=())(lambda t, i: t.mean_s)
-register_compute("lognormal", uses=("sigma",), params=())(_lognormal)
-register_compute("calibrated", measured=True, uses=("sigma",), params=())(_lognormal)
-register_compute("measured", measured=True, uses=("sigma", "scale"), params=())(_lognormal)
-register_compute("exponential", uses=(), params=())(lambda t, i: float(t.rngs[i].exponential(t.mean_s)))
-register_compute("shifted_exp", uses=("shift_s",), params=())(
+# the built-ins take no params (their options are fields of the compute section)
+register_compute("constant", params=())(lambda t, i: t.mean_s)
+register_compute("lognormal", params=())(_lognormal)
+register_compute("calibrated", measured=True, params=())(_lognormal)
+register_compute("measured", measured=True, params=())(_lognormal)
+register_compute("exponential", params=())(lambda t, i: float(t.rngs[i].exponential(t.mean_s)))
+register_compute("shifted_exp", params=())(
     lambda t, i: t.spec.shift_s + float(t.rngs[i].exponential(t.mean_s - t.spec.shift_s)))
-register_compute("pareto", uses=("alpha",), params=())(
+register_compute("pareto", params=())(
     lambda t, i: t.mean_s * (t.spec.alpha - 1) / t.spec.alpha * float(1 + t.rngs[i].pareto(t.spec.alpha)))
-register_compute("trace", setup=_trace_setup, uses=("trace",), params=())(
-    lambda t, i: float(t.trace[i][(t.draws[i] - 1) % len(t.trace[i])]))
+register_compute("trace", setup=_trace_setup, params=())(lambda t, i: float(t.trace[i][(t.draws[i] - 1) % len(t.trace[i])]))
 
 _MEASURED: dict = {}  # (task timing key, batch size) -> seconds: time a task once per process
 
