@@ -51,10 +51,13 @@ def test_a_killed_supervisor_is_named_by_its_rank(tmp_path):
 
 def test_a_killed_launcher_marks_the_run_failed(tmp_path):
     """mpiexec SIGKILLed: Hydra SIGKILLs every rank's group at once; rank 0's undertaker speaks."""
+    before = procs.shm_files()
     job = procs.Job("mpi", tmp_path)
     job.wait_running()
     job.launcher.kill()
     _ended_failed(job, "was killed together with its supervisor")
+    left = procs.unused_shm(procs.shm_files() - before)  # MPICH's segments: the undertaker removed them
+    assert not left, f"shared memory left by the killed job: {left}"
 
 
 def test_closing_the_launchers_stdout_marks_the_run_failed(tmp_path):

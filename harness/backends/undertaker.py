@@ -10,7 +10,10 @@ with nothing open but a pipe on which the supervisor relays the rank's announcem
 (which run it is in). When the pipe closes (the supervisor ended, however), it waits for
 the rank to be gone and for :data:`WAIT_S` more, so that any reporter with a real cause
 speaks first; if the run it was in still says ``running``, it claims the report and marks
-the run failed, naming what it saw (the launcher gone or not). Then it exits: it never
+the run failed, naming what it saw (the launcher gone or not). MPICH's shared-memory
+segments of SIGKILLed ranks stay in /dev/shm (4 MB each, and a later job of the same name
+would attach to them): the undertaker notes the ``/dev/shm`` files the rank maps once it is in
+a run, and after its death removes those no live process maps. Then it exits: it never
 outlives the job by more than a few seconds, and it keeps no file of the job open.
 """
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _run(r: int, child: int, launcher: int) -> None:
     from harness.backends.liveness import proc_start, proc_state
 
     start = proc_start(child)
-    info, buf = None, b""
+    info, buf, shm = None, b"", set()
     while True:
         try:
             chunk = os.read(r, 65536)
@@ -71,12 +74,41 @@ def _run(r: int, child: int, launcher: int) -> None:
                 info = json.loads(line)
             except ValueError:
                 pass
-    if not info or not info.get("dir"):
-        return  # between runs: nothing to mark
+            shm |= _mapped(f"/proc/{child}/maps")
     end = time.monotonic() + 30
     while proc_state(child, start) != "gone" and time.monotonic() < end:
         time.sleep(0.05)
+    if shm:
+        _sweep_shm(shm)
+    if not info or not info.get("dir"):
+        return  # between runs: nothing to mark
     _bury(info, launcher)
+
+
+def _mapped(maps: str) -> set[str]:
+    """The /dev/shm files in a ``/proc/<pid>/maps``."""
+    try:
+        with open(maps) as f:
+            return {ln.split(None, 5)[5].strip() for ln in f if "/dev/shm/" in ln and len(ln.split(None, 5)) == 6}
+    except OSError:
+        return set()
+
+
+def _sweep_shm(files: set[str]) -> None:
+    """Remove those of ``files`` that no live process maps or holds open."""
+    held = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            held |= _mapped(f"/proc/{d}/maps")
+            try:
+                held.update(os.readlink(f"/proc/{d}/fd/{fd}") for fd in os.listdir(f"/proc/{d}/fd"))
+            except OSError:
+                pass
+    for f in files - held:
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
 
 
 def _bury(info: dict, launcher: int) -> None:
