@@ -78,8 +78,10 @@ def _run(r: int, child: int, launcher: int) -> None:
     end = time.monotonic() + 30
     while proc_state(child, start) != "gone" and time.monotonic() < end:
         time.sleep(0.05)
-    if shm:
-        _sweep_shm(shm)
+    end = time.monotonic() + 1.5  # the launcher kills the other ranks (which map them too) a moment later
+    while shm and time.monotonic() < end:
+        shm = _sweep_shm(shm)
+        time.sleep(0.1)
     if not info or not info.get("dir"):
         return  # between runs: nothing to mark
     _bury(info, launcher)
@@ -94,8 +96,8 @@ def _mapped(maps: str) -> set[str]:
         return set()
 
 
-def _sweep_shm(files: set[str]) -> None:
-    """Remove those of ``files`` that no live process maps or holds open."""
+def _sweep_shm(files: set[str]) -> set[str]:
+    """Remove those of ``files`` that no live process maps or holds open; return the rest."""
     held = set()
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -109,6 +111,7 @@ def _sweep_shm(files: set[str]) -> None:
             os.unlink(f)
         except OSError:
             pass
+    return {f for f in files & held if os.path.exists(f)}
 
 
 def _bury(info: dict, launcher: int) -> None:
