@@ -120,3 +120,53 @@ def test_simpy_and_stacked_agree_with_augmentation(root, norm):
     cfg = run_cfg(small_resnet(root, norm=norm, partition="dirichlet", alpha=1.0), alg="local_sgd")
     a = assert_same_runs(cfg)
     assert a.test_acc.notna().any()
+
+
+def _with_test_batch(tmp_path, name, **changes):
+    """A fixture whose test_batch has ``changes`` (keys of the pickled dict, as str) applied."""
+    root = write_cifar10(tmp_path / name, per_batch=4, test=3)
+    path = root / "cifar-10-batches-py" / "test_batch"
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch.update({k.encode(): v for k, v in changes.items()})
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+    return root, path
+
+
+PIXEL_FIX = ("expected integers 0..255; the python version stores uint8 0..255 (images as floats in [0, 1]: multiply "
+             "by 255 and round to uint8)")
+LABEL_FIX = "expected integers 0..9; CIFAR-10 has 10 classes, labelled 0..9"
+BAD_BATCHES = {  # what a converted or hand-made batch gets wrong -> the end of the one-line error
+    "float pixels in [0, 1]": ({"data": np.full((3, 3072), 0.5)}, f": pixels are float64 (e.g. 0.5); {PIXEL_FIX}"),
+    "float pixels in 0..255": ({"data": np.full((3, 3072), 200.0)}, f": pixels are float64 (e.g. 200); {PIXEL_FIX}"),
+    "pixels above 255": ({"data": np.full((3, 3072), 300, np.int64)}, f": pixels range over 300..300; {PIXEL_FIX}"),
+    "pixels as a list with -1": ({"data": [[-1] * 3072] * 3}, f": pixels range over -1..-1; {PIXEL_FIX}"),
+    "bool pixels": ({"data": np.ones((3, 3072), bool)}, f": pixels are bool (e.g. True); {PIXEL_FIX}"),
+    "label 10": ({"labels": [0, 10, 1]}, f": labels range over 0..10; {LABEL_FIX}"),
+    "label -1": ({"labels": [-1, 2, 1]}, f": labels range over -1..2; {LABEL_FIX}"),
+    "float labels": ({"labels": [0.0, 1.5, 2.0]}, f": labels are float64 (e.g. 0); {LABEL_FIX}"),
+    "no test image": ({"data": np.zeros((0, 3072), np.uint8), "labels": []},
+                      " has data [0, 3072] and labels [0]; expected uint8 [N, 3072] and N labels, N >= 1"),
+    "images as [N, 3, 32, 32]": ({"data": np.zeros((3, 3, 32, 32), np.uint8)},
+                                 " has data [3, 3, 32, 32] and labels [3]; expected uint8 [N, 3072] and N labels, N >= 1"),
+    "labels as a column": ({"labels": [[1], [2], [3]]},
+                           " has data [3, 3072] and labels [3, 1]; expected uint8 [N, 3072] and N labels, N >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BATCHES))
+def test_bad_batches_are_one_line_naming_the_file_and_the_fix_never_cast(tmp_path, case):
+    changes, end = BAD_BATCHES[case]
+    root, path = _with_test_batch(tmp_path, "c", **changes)
+    with pytest.raises(TaskDataError) as e:
+        build_task(small_resnet(root), 2, 0)
+    assert str(e.value) == f"task.root: {path}{end}"
+
+
+def test_the_fixture_writes_what_it_is_asked_for(tmp_path):
+    root = write_cifar10(tmp_path / "empty", per_batch=2, test=0)  # 0 test images: not per_batch of them
+    with pytest.raises(TaskDataError, match=r"test_batch has data \[0, 3072\]"):
+        load_cifar10(root)
+    with pytest.raises(ValueError, match="per_batch: expected >= 1 .got 0. and test >= 0 .got -1. images"):
+        write_cifar10(tmp_path / "bad", per_batch=0, test=-1)

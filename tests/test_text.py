@@ -115,3 +115,25 @@ def test_bf16_training_counts_bytes_at_wire_precision(path):
     d = out["fp32"][1]
     ring = lambda b: NetworkSpec().allreduce_cost(b, range(4)).traffic[0].sent  # noqa: E731
     assert out["fp32"][0] == 2 * ring(4 * d) and out["bf16"][0] == 2 * ring(2 * d)
+
+
+def test_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from harness.tasks.fixtures import main as fixtures_main
+
+    p = write_text(tmp_path / "t.txt", stories=5)
+
+    def fail(self):
+        raise OSError(5, "Input/output error", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", fail)  # a bad disk, a stale NFS handle (root reads past chmod)
+    with pytest.raises(TaskDataError) as e:
+        build_task(small_gpt(p), 2, 0)
+    assert str(e.value) == f"task.path: cannot read {p} (Input/output error); give a readable UTF-8 text file"
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="stories: expected >= 1, got 0"):
+        write_text(tmp_path / "none.txt", stories=0)
+    with pytest.raises(SystemExit):
+        fixtures_main(["text", str(tmp_path / "neg.txt"), "--stories", "-1"])
+    assert not (tmp_path / "neg.txt").exists()

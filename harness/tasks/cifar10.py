@@ -4,7 +4,9 @@ Data: the "python version" from https://www.cs.toronto.edu/~kriz/cifar.html, unp
 that ``DIR/cifar-10-batches-py/`` (or ``DIR`` itself) holds ``data_batch_1`` .. ``data_batch_5``
 and ``test_batch``: pickled dicts with ``b'data'`` (uint8 ``[N, 3072]``, the red, green and
 blue 32x32 planes of each image, row-major) and ``b'labels'`` (N ints in 0..9). Nothing is
-downloaded; a missing file is a one-line error saying where to put it.
+downloaded; a missing file is a one-line error saying where to put it, and so is a batch whose
+pixels are not integers in 0..255 (floats are never cast: [0, 1] floats would be black images),
+whose labels are not in 0..9, or that has no image.
 
 Training batches get the standard augmentation: a random 32x32 crop of the image padded by
 4 black pixels on each side, and a horizontal flip with probability 1/2; then every image is
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from harness.tasks.datacheck import int_values, read_bytes
 from harness.tasks.module import ModuleParams, ModuleTask, TaskDataError
 from harness.tasks.partition import PARTITIONS
 from harness.tasks.resnet import CifarResNet
@@ -44,20 +47,28 @@ def find_batches(root: str | Path) -> Path:
     raise TaskDataError(f"task.root: no CIFAR-10 at {base} (missing {', '.join(missing)}); {HOWTO}")
 
 
+PIXEL_FIX = ("the python version stores uint8 0..255 (images as floats in [0, 1]: multiply by 255 and round "
+             "to uint8)")
+LABEL_FIX = "CIFAR-10 has 10 classes, labelled 0..9"
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch: images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]``."""
+    """One pickled batch: images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]``, checked
+    (:mod:`harness.tasks.datacheck`): integer pixels 0..255 and labels 0..9 as stored (never
+    cast), ``[N, 3072]`` pixels for N labels, N >= 1."""
+    raw = read_bytes(path, "task.root", HOWTO)
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError) as e:
+        d = pickle.loads(raw, encoding="bytes")
+        data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
+    except Exception as e:  # any failure to unpickle or index: not a batch
         raise TaskDataError(f"task.root: {path} is not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
                             f"{HOWTO}") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise TaskDataError(f"task.root: {path} has data {data.shape} and {len(labels)} labels; "
-                            "expected uint8 [N, 3072] and N labels")
-    return data.reshape(-1, 3, 32, 32), labels
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data) or not len(data):
+        raise TaskDataError(f"task.root: {path} has data {list(data.shape)} and labels {list(labels.shape)}; "
+                            "expected uint8 [N, 3072] and N labels, N >= 1")
+    data = int_values(data, field="task.root", path=path, what="pixels", lo=0, hi=255, fix=PIXEL_FIX)
+    labels = int_values(labels, field="task.root", path=path, what="labels", lo=0, hi=9, fix=LABEL_FIX)
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(root: str | Path):

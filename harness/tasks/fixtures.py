@@ -36,12 +36,16 @@ def fake_images(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
 
 def write_cifar10(root: str | Path, per_batch: int = 64, test: int | None = None, seed: int = 0) -> Path:
     """Write ``root/cifar-10-batches-py`` with 5 training batches of ``per_batch`` images and
-    a test batch of ``test`` (default ``per_batch``); returns ``root``."""
+    a test batch of ``test`` (default ``per_batch``; 0 writes an empty one, which the loader
+    refuses: for its tests); returns ``root``."""
+    test = per_batch if test is None else test
+    if per_batch < 1 or test < 0:
+        raise ValueError(f"per_batch: expected >= 1 (got {per_batch}) and test >= 0 (got {test}) images")
     d = Path(root) / "cifar-10-batches-py"
     d.mkdir(parents=True, exist_ok=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for k, name in enumerate(names):
-        n = per_batch if name != "test_batch" else (test or per_batch)
+        n = per_batch if name != "test_batch" else test
         data, labels = fake_images(n, seed * 100 + k)
         label = b"testing batch 1 of 1" if name == "test_batch" else f"training batch {k + 1} of 5".encode()
         batch = {b"batch_label": label, b"labels": labels, b"data": data,
@@ -56,6 +60,8 @@ def write_cifar10(root: str | Path, per_batch: int = 64, test: int | None = None
 
 def write_text(path: str | Path, stories: int = 200, seed: int = 0) -> Path:
     """A TinyStories-like UTF-8 file of ``stories`` short generated stories."""
+    if stories < 1:
+        raise ValueError(f"stories: expected >= 1, got {stories}")
     rng = np.random.default_rng(seed)
     names = ["Lily", "Tom", "Zoë", "Ben", "Mia", "José"]
     things = ["ball", "cat", "tree", "boat", "cake", "star"]
@@ -71,15 +77,26 @@ def write_text(path: str | Path, stories: int = 200, seed: int = 0) -> Path:
     return p
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 or -3 images would be a traceback or an empty set)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m harness.tasks.fixtures", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="kind", required=True)
     c = sub.add_parser("cifar10", help="a tiny CIFAR-10 (python version) directory")
     c.add_argument("root")
-    c.add_argument("--per-batch", type=int, default=64)
+    c.add_argument("--per-batch", type=_count, default=64, help="images per batch, >= 1")
     t = sub.add_parser("text", help="a small UTF-8 text file")
     t.add_argument("path")
-    t.add_argument("--stories", type=int, default=200)
+    t.add_argument("--stories", type=_count, default=200, help="stories, >= 1")
     a = ap.parse_args(argv)
     where = write_cifar10(a.root, a.per_batch) if a.kind == "cifar10" else write_text(a.path, a.stories)
     print(where)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from harness.tasks.datacheck import read_bytes
 from harness.tasks.gpt import GPT
 from harness.tasks.module import ModuleParams, ModuleTask, TaskDataError
 from harness.tasks.partition import PARTITIONS
@@ -34,7 +35,7 @@ def load_tokens(path: str | Path, kind: str) -> tuple[np.ndarray, int, list[str]
     if not p.is_file():
         raise TaskDataError(f"task.path: no text file at {p}; give any UTF-8 text file (e.g. TinyStories' "
                             "TinyStories-valid.txt)")
-    raw = p.read_bytes()
+    raw = read_bytes(p, "task.path", "give a readable UTF-8 text file")
     if kind == "byte":
         return np.frombuffer(raw, dtype=np.uint8).copy(), 256, None
     try:
