@@ -14,14 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from harness import algorithms, claims
-from harness.algorithms import Ctx
+from harness import claims
 from harness.capabilities import REAL
 from harness.config import RunConfig
 from harness.recording import Diverged, Recorder, divergence_line
-from harness.tasks import Sampler, build_task
+from harness.tasks import Sampler
 from harness.runinfo import meta_columns, run_status, versions  # noqa: F401 (re-exported)
 from results.store import METRICS, RUN_JSON, write_json, write_table
 
@@ -29,26 +26,22 @@ from results.store import METRICS, RUN_JSON, write_json, write_table
 
 def build(cfg: RunConfig, on_eval=None):
     """Everything a simulated backend needs for ``cfg``: returns ``(backend, x0)``."""
-    import topologies
     from simulators import BACKENDS
     from simulators.base import Run
+    from harness.assembly import assemble
     from harness.models.compute import ComputeTimes, measure_grad_seconds
     from harness.models.faults import FaultSchedule
 
-    torch.set_num_threads(cfg.threads)
-    task = build_task(cfg.task, cfg.n_workers, cfg.seed)
-    alg_params = {k: v for k, v in cfg.algorithm.items() if k != "name"}
+    a = assemble(cfg)  # the same assembly as a real rank's (harness.assembly)
+    task = a.task
     recorder = Recorder(meta_columns(cfg, cfg.backend), cfg.n_workers, cfg.steps, task.evaluate,
                         cfg.eval_every, cfg.log_every, on_eval, on_divergence=cfg.on_divergence,
                         loss_factor=cfg.divergence.loss_factor)
-    sampler = Sampler(task.shards, task.batch_size, cfg.seed)
     # calibration measures on its own sampler so the run's batch streams stay untouched
     measure = lambda: measure_grad_seconds(task, Sampler(task.shards, task.batch_size, cfg.seed + 1))  # noqa: E731
-    run = Run(algorithm=algorithms.get(cfg.algorithm["name"]), params=alg_params,
-              ctx=Ctx(cfg.n_workers, cfg.steps, cfg.seed, segments=tuple(task.segments)), task=task, sampler=sampler,
+    run = Run(algorithm=a.algorithm, params=a.params, ctx=a.ctx, task=task, sampler=a.sampler,
               compute=ComputeTimes(cfg.compute, cfg.n_workers, cfg.seed, measure), network=cfg.network, recorder=recorder,
-              topology=topologies.build(cfg.topology, cfg.n_workers, cfg.seed) if cfg.topology else None,
-              faults=FaultSchedule(cfg.faults, cfg.n_workers, cfg.seed) if cfg.faults else None)
+              topology=a.topology, faults=FaultSchedule(cfg.faults, cfg.n_workers, cfg.seed) if cfg.faults else None)
     return BACKENDS[cfg.backend](run), task.init_params(cfg.seed)
 
 

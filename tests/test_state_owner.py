@@ -171,3 +171,12 @@ def test_register_refuses_to_overwrite_a_builtin_and_a_factory_must_return_a_par
 
     with pytest.raises(TypeError, match="must return a harness.parts.Part"):
         next(bad(Ctx(1, 1, 0), torch.zeros(2)))
+
+
+def test_one_assembly_gives_ctx_the_parameter_shapes_and_clients():
+    from harness.assembly import assemble
+
+    a = assemble(_cfg("local_sgd"))
+    assert a.ctx.n_clients == a.ctx.n_workers == 4
+    assert sum(s[0] for _, s in a.ctx.params) == a.task.dim and len(a.ctx.params) == len(a.task.segments)
+    assert a.params["period"] == 8 and a.sampler is not None and a.topology is None

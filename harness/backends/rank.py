@@ -40,32 +40,29 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from harness import algorithms, ops, streams
-from harness.algorithms import Ctx
 from harness.backends.launch import op_timeout_s
 from harness.backends.rank_comm import CommHandlers
 from harness.backends.rank_divergence import DivergenceChecks, Stop
 from harness.backends.transport import COUNTER_VALUES, Clock, Counters, DeferredRecorder, Transport, Watchdog
+from harness.assembly import assemble
 from harness.cost import Traffic
 from harness.keyed import DictStore
 from harness.recording import COUNTERS, Stats
 from harness.runinfo import meta_columns
-from harness.tasks import Sampler, build_task
 
 
 class RankDriver(CommHandlers, DivergenceChecks):
     on_op = None  # optional callback(op) before each op's handler: op traces for harness.backends.loopback
 
     def __init__(self, cfg, tr: Transport, on_timeout):
-        import topologies
-
         self.cfg, self.tr = cfg, tr
         self.alg = algorithms.get(cfg.algorithm["name"])
-        self.params = {k: v for k, v in cfg.algorithm.items() if k != "name"}
         self.n = cfg.n_workers
         self.server_alg = bool(getattr(self.alg, "has_server", False))
         self.off = 1 if self.server_alg else 0
@@ -73,10 +70,9 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.i = tr.rank - self.off  # worker index (-1 on the server)
         self.k = 0 if self.role == "server" else self.i  # index into self.stats
         tr.setup(list(range(self.off, self.off + self.n)))
-        torch.set_num_threads(cfg.threads)
-        self.task = build_task(cfg.task, self.n, cfg.seed)
-        self.sampler = Sampler(self.task.shards, self.task.batch_size, cfg.seed)
-        self.topology = topologies.build(cfg.topology, self.n, cfg.seed) if cfg.topology else None
+        run = assemble(cfg)  # the same assembly as a simulated run's (harness.assembly)
+        self.params, self.task, self.sampler, self.topology, self.ctx0 = (run.params, run.task, run.sampler,
+                                                                          run.topology, run.ctx)
         stream = self.n if self.role == "server" else self.i
         self.rng = streams.rng("rand", cfg.seed, stream)  # == simulators.base.Simulator.draw
         self.stats = Stats(1 if self.role == "server" else self.n)  # rows read counters from here
@@ -119,8 +115,7 @@ class RankDriver(CommHandlers, DivergenceChecks):
     def run(self) -> torch.Tensor:
         x0 = self.task.init_params(self.cfg.seed)
         index = torch.tensor(max(self.i, 0))  # as SimPy: the server sees index 0
-        ctx = Ctx(self.n, self.cfg.steps, self.cfg.seed, index=index, segments=tuple(self.task.segments),
-                  role=self.role, rank=self.tr.rank)
+        ctx = replace(self.ctx0, index=index, role=self.role, rank=self.tr.rank)
         self.t_unit = self._calibrate(x0)
         # step 0, as simulators.base.Simulator.start
         if self.role == "worker":
