@@ -229,8 +229,23 @@ def _pool_round(source, runs, todo, out, jobs, progress, end) -> list[int]:
     died = [p for p in procs.values() if p.exitcode not in (None, 0, 130)]
     dead = [running[p.pid] for p in died if running.get(p.pid) in broken] or broken
     for i in dead:
+        _mark_failed(out / runs[i].run_id, "its sweep worker process died (killed, or out of memory?)")
         end(Result(i, runs[i].run_id, "failed", "FAILED: its worker process died (killed, or out of memory?)"))
     return [i for i in broken if i not in dead]
+
+
+def _mark_failed(run_dir: Path, why: str) -> None:
+    """``run.json`` of a run whose worker died says ``failed`` (it said ``running`` for ever)."""
+    import json
+
+    from results.store import RUN_JSON, write_json
+
+    try:
+        record = json.loads((run_dir / RUN_JSON).read_text())
+        if record.get("status") == "running":
+            write_json({**record, "status": "failed", "error": why}, run_dir / RUN_JSON)
+    except (OSError, ValueError):
+        pass
 
 
 def _stop(pool: ProcessPoolExecutor, procs: dict) -> None:

@@ -182,7 +182,8 @@ def test_a_killed_worker_fails_its_run_only_and_ctrl_c_stops_cleanly(tmp_path):
         assert not (out / run_id / claims.CLAIM).exists()
         with pytest.raises(ProcessLookupError):
             os.kill(owner["pid"], 0)
-    assert json.loads((out / victim / "run.json").read_text())["status"] == "running"  # killed: the next
+    rec = json.loads((out / victim / "run.json").read_text())  # killed: the sweep marks it (issue 21), the next
+    assert rec["status"] == "failed" and "its sweep worker process died" in rec["error"], rec
     assert (out / victim / claims.CLAIM).exists() and len(runs) == 4  # sweep takes its stale claim over
 
 
