@@ -206,3 +206,9 @@ def test_no_import_cycles_between_packages():
     cycles = package_cycles(import_graph())
     assert not cycles, ("module-level imports make the packages import each other (system models live in "
                         "harness.models so that harness never imports simulators): " + "; ".join(cycles))
+
+
+def test_a_transport_moves_bytes_only():
+    g = import_graph()
+    deps = {b for (a, b) in g.edges if a == "harness.backends.transport"}
+    assert not deps & {"harness.recording", "harness.backends.supervisor", "harness.backends.rank"}, deps

@@ -42,14 +42,14 @@ import statistics
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from harness import algorithms, ops, streams
 from harness.backends.launch import op_timeout_s
 from harness.backends.rank_comm import CommHandlers
 from harness.backends.rank_divergence import DivergenceChecks, Stop
-from harness.backends.transport import COUNTER_VALUES, Clock, Counters, DeferredRecorder, Transport, Watchdog
+from harness.backends.rank_clock import COUNTER_VALUES, Clock, Counters, DeferredRecorder, Watchdog
+from harness.backends.transport import Transport
 from harness.assembly import assemble
 from harness.cost import Traffic
 from harness.keyed import DictStore
