@@ -7,7 +7,11 @@ Hypothesis (derandomized, so CI sees the same cases every time) generates one mi
 example on top of a valid config (D-PSGD on a ring, with compute, network and faults blocks):
 wrong types and out-of-range or non-finite values for fields at every level, unknown keys at
 every level, the same through ``--set``, broken YAML (in the file and in ``--set``), broken
-``imports:`` plugins, bad ``cases:``/``grid:``, bad options and bad ``harness report`` calls.
+``imports:`` plugins, bad ``cases:``/``grid:``, bad options and bad ``harness report`` calls;
+since issue [21] also ``harness slurm submit`` values (injection through control characters,
+counts, SLURM formats), YAML aliases (recursive, exploding) and YAML 1.1-only scalars (base 60),
+environment variables, plugins that exit or hang, and options a run would ignore (compute
+params, ``network.intra`` without nodes).
 The CLI runs in-process (``harness.cli.main``), half of the examples with ``--list`` and half as
 real runs into ``--out``, which must not exist afterwards.
 """
@@ -30,20 +34,20 @@ import yaml  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from harness import algorithms, tasks  # noqa: E402
+from harness import algorithms, envvars, tasks  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.config import BACKENDS, RunConfig  # noqa: E402
 from harness.cost import LinkSpec, NetworkSpec  # noqa: E402
 from harness.tasks.digits import DigitsParams  # noqa: E402
-from simulators.compute import COMPUTE_MODELS, ComputeSpec, MarkovSpec  # noqa: E402
-from simulators.faults import FaultSpec  # noqa: E402
+from harness.models.compute import COMPUTE_MODELS, ComputeSpec, MarkovSpec  # noqa: E402
+from harness.models.faults import FaultSpec  # noqa: E402
 from topologies.catalog import DYNAMIC, STATIC  # noqa: E402
 
 BASE = {
     "name": "fuzz", "algorithm": {"name": "dpsgd", "lr": 0.1}, "n_workers": 4, "steps": 2, "eval_every": 1,
     "task": {"name": "digits", "hidden": [4], "batch_size": 8}, "topology": {"name": "ring"},
     "compute": {"model": "lognormal", "mean_s": 0.01, "markov": {"p_slow": 0.1}},
-    "network": {"latency_s": 1e-4, "intra": {"latency_s": 1e-6}}, "faults": {"policy": "wait"},
+    "network": {"latency_s": 1e-4, "workers_per_node": 2, "intra": {"latency_s": 1e-6}}, "faults": {"policy": "wait"},
 }
 # CI: the same cases every run (derandomized). Deeper local fuzzing with fresh cases:
 # HARNESS_FUZZ_SCALE=20 HARNESS_FUZZ_RANDOM=1 pytest tests/test_fuzz_inputs.py
@@ -61,7 +65,8 @@ class Case:
     args: list = field(default_factory=list)  # "{cfg}" and "{dir}" are replaced
     expect: tuple = ()
     files: dict = field(default_factory=dict)
-    command: str = "run"
+    command: str = "run"  # run, report, slurm (slurm submit --dry-run)
+    env: dict = field(default_factory=dict)  # environment variables set for the call
 
 
 # -- values that are wrong for a field of a given kind ------------------------------------------------------
@@ -303,6 +308,20 @@ def bad_report(draw):
                 expect=("--target",))
 
 
+@contextlib.contextmanager
+def _environ(env: dict):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_case(case: Case, list_mode: bool) -> tuple[int, str, str, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-"))
     try:
@@ -311,16 +330,18 @@ def run_case(case: Case, list_mode: bool) -> tuple[int, str, str, Path]:
             (tmp / name).write_text(text)
         cfg = tmp / "c.yaml"
         if case.config is not None:
-            cfg.write_text(case.config if isinstance(case.config, str) else
-                           yaml.safe_dump(case.config, sort_keys=False, allow_unicode=True))
+            cfg.write_text((case.config if isinstance(case.config, str) else
+                            yaml.safe_dump(case.config, sort_keys=False, allow_unicode=True)).replace("{dir}", str(tmp)))
         args = [a.replace("{dir}", str(tmp)) for a in case.args]
+        out = ["--out", str(tmp / "out")] if "--out" not in args else []
         if case.command == "run":
-            out = ["--out", str(tmp / "out")] if "--out" not in args else []
             argv = ["run", str(cfg), *out, "--quiet", *(["--list"] if list_mode else []), *args]
+        elif case.command == "slurm":
+            argv = ["slurm", "submit", str(cfg), *out, "--dry-run", *args]
         else:
             argv = ["report", *args]
         err, std = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std), _environ(case.env):
             try:
                 rc = main(argv)
             except SystemExit as e:  # argparse must not exit on its own any more
@@ -365,4 +386,124 @@ def test_broken_yaml_and_imports(case, list_mode):
 @settings(SETTINGS, max_examples=300 * SCALE)
 @given(case=st.one_of(bad_structure(), bad_option(), bad_report()), list_mode=st.booleans())
 def test_bad_cases_grid_options_and_report(case, list_mode):
+    check(case, list_mode)
+
+
+# -- issue [21]: slurm submit values, YAML aliases and scalars, environment variables, ignored options -----
+CONTROL = st.sampled_from(["\n", "\r", "\x00", "\x1b", "\t", "\x7f", "\n#SBATCH --uid=0\n", "\nrm -rf ~\n"])
+SLURM_TEXT = {  # option -> a valid value (a control character goes anywhere into it)
+    "--job-name": "sweep", "--partition": "cpu", "--time": "01:00:00", "--mem": "4G", "--mpi": "pmi2",
+    "--sbatch-arg": "--qos=low", "--set": "steps=2",
+}
+SLURM_COUNTS = {"--nodes": 1, "--ntasks-per-node": 1, "--cpus-per-task": 1, "--max-concurrent": 1, "--gpus-per-node": 0}
+SLURM_FORMATS = {  # option -> values of the wrong form
+    "--time": ["-5", "1h", "1:2:3:4", "soon", "01:00:00 ", "1-", ""], "--mem": ["-4G", "4 G", "lots", "4GB!", ""],
+    "--job-name": ["my job", "a;b", "$(id)", "`id`", "", "x" * 201], "--partition": ["cpu gpu", "a;b", ",", ""],
+    "--mpi": ["pmi 2", "a;b", ""], "--sbatch-arg": ["qos=low", "", " "], "--out": ["", " "],
+}
+
+
+@st.composite
+def bad_slurm(draw):
+    kind = draw(st.sampled_from(["control", "count", "format"]))
+    if kind == "control":
+        opt = draw(st.sampled_from(sorted(SLURM_TEXT)))
+        good = SLURM_TEXT[opt]
+        at = draw(st.integers(0, len(good)))
+        value = good[:at] + draw(CONTROL) + good[at:]
+        return Case(f"slurm {opt}={value!r}", config=BASE, command="slurm", args=[opt, value], expect=(opt,))
+    if kind == "count":
+        opt = draw(st.sampled_from(sorted(SLURM_COUNTS)))
+        value = str(draw(st.integers(-10**6, SLURM_COUNTS[opt] - 1)))
+        return Case(f"slurm {opt} {value}", config=BASE, command="slurm", args=["--backend", "mpi", opt, value],
+                    expect=(opt,))
+    opt = draw(st.sampled_from(sorted(SLURM_FORMATS)))
+    value = draw(st.sampled_from(SLURM_FORMATS[opt]))
+    return Case(f"slurm {opt}={value!r}", config=BASE, command="slurm", args=[f"{opt}={value}"], expect=(opt,))
+
+
+def _yaml_lines(base: dict) -> list[str]:
+    return yaml.safe_dump(base, default_flow_style=False, sort_keys=False).splitlines()
+
+
+@st.composite
+def bad_yaml_aliases(draw):
+    kind = draw(st.sampled_from(["recursive", "laughs", "base60"]))
+    if kind == "recursive":
+        section = draw(st.sampled_from([k for k in BASE if isinstance(BASE[k], dict)] + ["grid", "x"]))
+        inner = draw(st.sampled_from(["[*r]", "{a: *r}", "[1, [2, *r]]", "{a: {b: [*r]}}"]))
+        body = {k: v for k, v in BASE.items() if k != section}
+        text = "\n".join(_yaml_lines(body)) + f"\n{section}: &r {inner}\n"
+        return Case(f"recursive alias in {section}", config=text, expect=("recursive alias",))
+    if kind == "laughs":
+        width = draw(st.integers(2, 12))
+        levels = draw(st.integers(1, 30).filter(lambda k: width ** k > 2 * 10**5))
+        lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+        lines += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * width)}]" for k in range(1, levels)]
+        where = draw(st.sampled_from(["top", "grid"]))
+        text = "\n".join(_yaml_lines(BASE)) + "\n"
+        if where == "top":
+            text += "\n".join(lines) + "\n"
+        else:
+            text += "x-laughs:\n" + "\n".join("  " + line for line in lines) + "\n"
+        return Case(f"{width}^{levels} laughs", config=text, expect=("aliases expand",))
+    key = draw(st.sampled_from(["steps", "n_workers", "eval_every", "log_every", "seed", "threads"]))
+    parts = draw(st.lists(st.integers(0, 59), min_size=2, max_size=4))
+    value = f"{draw(st.integers(1, 99))}:" + ":".join(f"{p:02d}" for p in parts[1:])
+    body = {k: v for k, v in BASE.items() if k != key}
+    text = "\n".join(_yaml_lines(body)) + f"\n{key}: {value}\n"
+    return Case(f"{key}: {value} (YAML 1.1 base 60)", config=text, expect=(key,))
+
+
+def _bad_env_value(var: envvars.Var):
+    if var.kind == "choice":
+        return TEXT.filter(lambda s: s.strip() not in var.choices and s.strip() != "" and "\0" not in s)
+    assert var.low == 0  # below the range: < 0, or <= 0 where 0 itself is invalid
+    below = st.floats(max_value=-1e-9 if var.low_inclusive else 0.0, allow_nan=False, allow_infinity=False)
+    return st.one_of(below.map(repr), st.sampled_from(["nan", "inf", "-inf", "1e400", "NaN", "5s", "1,5", "0x10"]),
+                     TEXT.filter(lambda s: "\0" not in s and s.strip() != ""))
+
+
+@st.composite
+def bad_env(draw):
+    var = envvars.VARS[draw(st.sampled_from(sorted(envvars.VARS)))]
+    value = draw(_bad_env_value(var))
+    command = draw(st.sampled_from(["run", "slurm"]))
+    return Case(f"{var.name}={value!r} ({command})", config=BASE, command=command, env={var.name: value},
+                expect=(f"{var.name}=",))
+
+
+@st.composite
+def ignored_option(draw):
+    kind = draw(st.sampled_from(["params", "intra", "trace"]))
+    if kind == "params":
+        model = draw(st.sampled_from(["constant", "lognormal", "exponential", "pareto"]))
+        key = draw(IDENT)
+        if draw(st.booleans()):
+            return Case(f"compute.params.{key} for {model}", expect=("compute.params",),
+                        config=set_dotted(set_dotted(BASE, "compute.model", model), "compute.params", {key: 1}))
+        return Case(f"--set compute.params.{key} for {model}", config=set_dotted(BASE, "compute.model", model),
+                    args=["--set", f"compute.params.{key}=1"], expect=("compute.params",))
+    if kind == "intra":
+        base = copy.deepcopy(BASE)
+        del base["network"]["workers_per_node"]
+        if draw(st.booleans()):
+            return Case("network.intra without workers_per_node", config=base, expect=("network.intra",))
+        return Case("--set network.workers_per_node=null", config=BASE, expect=("network.intra",),
+                    args=["--set", "network.workers_per_node=null"])
+    row = draw(st.sampled_from(["-1", "abc", "inf", "nan", "", "-1e-9", "1e400"]))
+    csv = f"worker,step,seconds\n0,1,0.1\n1,1,{row}\n2,1,0.1\n3,1,0.1\n"
+    return Case(f"trace row seconds={row!r}", files={"t.csv": csv}, expect=("compute.trace",),
+                config=set_dotted(BASE, "compute", {"model": "trace", "trace": "{dir}/t.csv"}))
+
+
+@settings(SETTINGS, max_examples=150 * SCALE)
+@given(case=bad_slurm())
+def test_slurm_submit_values_cannot_reach_the_script(case):
+    check(case, list_mode=False)
+
+
+@settings(SETTINGS, max_examples=150 * SCALE)
+@given(case=st.one_of(bad_yaml_aliases(), bad_env(), ignored_option()), list_mode=st.booleans())
+def test_yaml_aliases_env_vars_and_ignored_options(case, list_mode):
     check(case, list_mode)

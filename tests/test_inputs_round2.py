@@ -353,3 +353,33 @@ def test_an_empty_out_is_named(capsys, cfg, tmp_path, argv):
         os.chdir(cwd)
     assert rc == 2 and not (tmp_path / "runs").exists()
     one_line(err, "--out: empty")
+
+
+def test_every_config_model_forbids_unknown_keys():
+    """Each pydantic model in the packages (config sections, task params, specs) refuses a key it
+    does not know: a new section without extra='forbid' would accept a misspelling silently."""
+    import importlib
+    import pkgutil
+
+    from pydantic import BaseModel
+
+    import harness
+    import results
+    import simulators
+    import topologies
+
+    for pkg in (harness, simulators, results, topologies):
+        for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if not mod.name.endswith("__main__"):
+                importlib.import_module(mod.name)
+
+    def subclasses(c):
+        for s in c.__subclasses__():
+            yield s
+            yield from subclasses(s)
+
+    ours = [c for c in set(subclasses(BaseModel))
+            if c.__module__.split(".")[0] in ("harness", "simulators", "results", "topologies")]
+    assert len(ours) >= 10, ours
+    loose = sorted(f"{c.__module__}.{c.__name__}" for c in ours if c.model_config.get("extra") != "forbid")
+    assert not loose, f"models that accept unknown keys: {loose}"
