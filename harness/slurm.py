@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jinja2
 
-from harness import config as config_mod
+from harness import capabilities, config as config_mod
 from harness.config import ConfigError
 
 
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=_examples("harness slurm submit presets/demo.yaml --partition cpu --time 00:30:00 --dry-run",
                          "harness slurm submit presets/demo.yaml --backend mpi --nodes 2 --ntasks-per-node 8"))
     _common(s)
-    s.add_argument("--backend", choices=["simpy", "stacked", "mpi", "torch"], default=None,
+    s.add_argument("--backend", choices=list(capabilities.SELECTABLE), default=None,
                    help="override the config's backend (mpi/torch: one multi-rank job; default: the config's)")
     s.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
     s.add_argument("--time", default="01:00:00", help="wall-time limit per array task / job")
@@ -138,7 +138,7 @@ def script_for(a, runs, todo: list[int], out: Path) -> tuple[str, str]:
                   workdir=shlex.quote(paths["the current directory"]),
                   harness=f"{shlex.quote(sys.executable)} -m harness.cli", config=shlex.quote(paths["--config"]),
                   out=shlex.quote(paths["--out"]), sets="".join(f" --set {shlex.quote(s)}" for s in sets))
-    if a.backend in ("mpi", "torch"):
+    if a.backend in capabilities.REAL:
         ranks = max(cfg.n_workers + (1 if _has_server(cfg) else 0) for cfg in (runs[i] for i in todo))
         per_node = a.ntasks_per_node or -(-ranks // a.nodes)
         if per_node * a.nodes != ranks:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 
 def _parser():
+    from harness import capabilities
     from harness.cli import _examples, _Help, _Parser
 
     p = _Parser(prog="harness", formatter_class=_Help,
@@ -36,7 +37,7 @@ def _parser():
                                         "torchrun --nproc-per-node 4 --no-python harness calibrate "
                                         "presets/calibrate-mpi.yaml --backend torch --out runs/cal-torch"))
     c.add_argument("config", help="YAML experiment file whose run is measured, e.g. presets/calibrate-mpi.yaml")
-    c.add_argument("--backend", choices=("mpi", "torch"), required=True,
+    c.add_argument("--backend", choices=capabilities.REAL, required=True,
                    help="the real backend the launcher started (required)")
     c.add_argument("--out", default="runs/calibration", help="output directory for the fragments and the fit")
     c.add_argument("--only", type=int, default=0, help="which expanded run of CONFIG to measure (0-based; default 0)")
