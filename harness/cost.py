@@ -93,7 +93,9 @@ class NetworkSpec(BaseModel):
                 raise ValueError(f"network.{name}: every bandwidth must be > 0")
         if self.allreduce == "hierarchical" and not self.workers_per_node:
             raise ValueError("network.allreduce: 'hierarchical' needs network.workers_per_node")
-        if "intra" in self.model_fields_set and not self.workers_per_node:  # [issue 21] else silently unused
+        # [issue 21] an intra link without nodes would be silently unused; the default one is what a
+        # resolved config's dump holds (run.json), and a dump must load again
+        if self.intra != LinkSpec() and not self.workers_per_node:
             raise ValueError("network.intra: the link inside a node is used only with network.workers_per_node "
                              "(workers grouped into nodes); set workers_per_node, or remove intra")
         return self

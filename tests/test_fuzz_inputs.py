@@ -47,7 +47,7 @@ BASE = {
     "name": "fuzz", "algorithm": {"name": "dpsgd", "lr": 0.1}, "n_workers": 4, "steps": 2, "eval_every": 1,
     "task": {"name": "digits", "hidden": [4], "batch_size": 8}, "topology": {"name": "ring"},
     "compute": {"model": "lognormal", "mean_s": 0.01, "markov": {"p_slow": 0.1}},
-    "network": {"latency_s": 1e-4, "workers_per_node": 2, "intra": {"latency_s": 1e-6}}, "faults": {"policy": "wait"},
+    "network": {"latency_s": 1e-4, "workers_per_node": 2, "intra": {"latency_s": 2e-6}}, "faults": {"policy": "wait"},
 }
 # CI: the same cases every run (derandomized). Deeper local fuzzing with fresh cases:
 # HARNESS_FUZZ_SCALE=20 HARNESS_FUZZ_RANDOM=1 pytest tests/test_fuzz_inputs.py

@@ -272,7 +272,7 @@ def test_a_plugin_that_forks_still_imports(capsys, tmp_path):
     ("compute: {model: lognormal, params: {p: 0.2}}", ("compute.params.p", "takes no params")),
     ("compute: {model: constant, params: {seconds: 1}}", ("compute.params.seconds",)),
     ("compute: {model: pareto}\ngrid: {compute.params.x: [1]}", ("compute.params.x",)),
-    ("network: {intra: {latency_s: 1e-6}}", ("network.intra", "workers_per_node")),
+    ("network: {intra: {latency_s: 2e-6}}", ("network.intra", "workers_per_node")),
     ("network: {intra: {bandwidth_Bps: 1e10}, workers_per_node: null}", ("network.intra",)),
 ])
 def test_options_a_run_would_ignore_are_named(capsys, tmp_path, extra, words):
@@ -383,3 +383,25 @@ def test_every_config_model_forbids_unknown_keys():
     assert len(ours) >= 10, ours
     loose = sorted(f"{c.__module__}.{c.__name__}" for c in ours if c.model_config.get("extra") != "forbid")
     assert not loose, f"models that accept unknown keys: {loose}"
+
+
+def test_a_resolved_config_loads_again(tmp_path):
+    """run.json holds cfg.model_dump(): every default written out. The new checks (intra, params)
+    must accept it, or a dumped config (tests, a user copying run.json) would not load."""
+    import json
+
+    from harness.config import load, resolve
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.replace("n_workers: 2", "n_workers: 4") + "compute: {model: trace, trace: t.csv}\n"
+                    "cases: [{}, {network: {workers_per_node: 2, intra: {bandwidth_Bps: 1e10}}},"
+                    " {compute: {model: pareto, params: {}}}]\n")
+    (tmp_path / "t.csv").write_text("worker,step,seconds\n" + "".join(f"{w},1,0.1\n" for w in range(4)))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for cfg in load(path):
+            again = resolve(json.loads(json.dumps(cfg.model_dump(mode="json"))))
+            assert again.run_id == cfg.run_id
+    finally:
+        os.chdir(cwd)
