@@ -48,8 +48,10 @@ def assemble(cfg) -> Assembly:
     import topologies
 
     torch.set_num_threads(cfg.threads)
-    task = build_task(cfg.task, cfg.n_workers, cfg.seed)
-    ctx = Ctx(cfg.n_workers, cfg.steps, cfg.seed, segments=tuple(task.segments), params=param_specs(task))
+    spec = cfg.task if not cfg.n_clients else {**cfg.task, "parts": cfg.n_clients}  # a client is a data part
+    task = build_task(spec, cfg.n_workers, cfg.seed)
+    ctx = Ctx(cfg.n_workers, cfg.steps, cfg.seed, segments=tuple(task.segments), params=param_specs(task),
+              n_clients=cfg.n_clients or 0, part_sizes=tuple(len(s) for s in task.shards), batch_size=task.batch_size)
     return Assembly(algorithm=algorithms.get(cfg.algorithm["name"]),
                     params={k: v for k, v in cfg.algorithm.items() if k != "name"}, ctx=ctx, task=task,
                     sampler=Sampler(task.shards, task.batch_size, cfg.seed),

@@ -49,6 +49,8 @@ class RunConfig(BaseModel):
     task: dict[str, Any] = Field(default_factory=lambda: {"name": "digits"})
     topology: dict[str, Any] | None = None
     n_workers: int = Field(16, ge=1)
+    n_clients: int | None = Field(None, ge=1, description="[issue 22] federated clients played by the n_workers slots "
+                                  "(data parts, speeds and keyed state per client); default: none, workers are the clients")
     steps: int = Field(200, ge=1)
     seed: int = Field(0, ge=0, lt=2**63, description="non-negative: numpy's SeedSequence rejects negative seeds")
     backend: Literal[BACKENDS] = "simpy"
@@ -95,7 +97,7 @@ class RunConfig(BaseModel):
             del dump["on_divergence"]
         if dump["divergence"] == DivergenceSpec().model_dump():  # [issue 21] likewise
             del dump["divergence"]
-        for key in ("slowdown",):  # [issue 17] new fields, unset: run ids stay as they were
+        for key in ("slowdown", "n_clients"):  # [issues 17, 22] new fields, unset: run ids stay as they were
             if dump[key] is None:
                 del dump[key]
         if dump["compute"].get("worker_factors") is None:
@@ -164,7 +166,14 @@ def resolve(raw: dict) -> RunConfig:
         cfg.network.check_workers(cfg.n_workers + (1 if algorithms.get(name).has_server else 0))
         if cfg.slowdown:  # [issue 17]
             cfg.slowdown.check_workers(cfg.n_workers)
-        cfg.compute.check_workers(cfg.n_workers)
+        if cfg.n_clients is not None and cfg.n_clients < cfg.n_workers:
+            raise ValueError(f"n_clients: {cfg.n_clients} clients for {cfg.n_workers} slots (n_workers); each round the "
+                             "slots play distinct clients, so set n_clients >= n_workers")
+        parts = cfg.task.get("parts")
+        if cfg.n_clients is not None and parts is not None and parts != cfg.n_clients:
+            raise ValueError(f"task.parts: {parts} data parts for n_clients = {cfg.n_clients}; a client is a data part: "
+                             "leave task.parts unset or equal to n_clients")
+        cfg.compute.check_workers(cfg.n_clients or cfg.n_workers)  # with clients, speeds are the clients'
         if cfg.faults:
             cfg.faults.check_workers(cfg.n_workers)
             if cfg.faults.policy == "continue" and cfg.topology is not None:

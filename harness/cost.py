@@ -187,6 +187,16 @@ class NetworkSpec(BaseModel):
         per = tuple(Traffic(total - sizes[(p + 1) % m], total - sizes[p], m - 1) for p in range(m))
         return Cost((m - 1) * (alpha + max(sizes) / beta) + self.sync_delay_s, per)
 
+    def server_cost(self, nbytes: float, ids: Sequence[int]) -> Cost:
+        """Average through a server (federated rounds): every member uploads ``nbytes`` to the
+        server and downloads the result. The server's NIC takes the ``m`` uploads one after
+        another, then sends the ``m`` downloads: ``2 (alpha + m b / beta)``. Each member: one
+        message up, ``nbytes`` sent and received, so a round moves ``2 m b`` bytes in all."""
+        m = len(ids)
+        alpha, beta = self.latency_s, self.bandwidth_Bps
+        return Cost(2 * (alpha + m * nbytes / beta) + self.sync_delay_s,
+                    tuple(Traffic(float(nbytes), float(nbytes), 1) for _ in ids))
+
     def gossip(self, nbytes: float, outs: int, ins: int) -> Traffic:
         """One worker's traffic in a gossip exchange: a message per out-edge."""
         return Traffic(float(outs * nbytes), float(ins * nbytes), outs)

@@ -40,7 +40,8 @@ def build(cfg: RunConfig, on_eval=None):
     # calibration measures on its own sampler so the run's batch streams stay untouched
     measure = lambda: measure_grad_seconds(task, Sampler(task.shards, task.batch_size, cfg.seed + 1))  # noqa: E731
     run = Run(algorithm=a.algorithm, params=a.params, ctx=a.ctx, task=task, sampler=a.sampler,
-              compute=ComputeTimes(cfg.compute, cfg.n_workers, cfg.seed, measure), network=cfg.network, recorder=recorder,
+              compute=ComputeTimes(cfg.compute, cfg.n_clients or cfg.n_workers, cfg.seed, measure),  # per client
+              network=cfg.network, recorder=recorder,
               topology=a.topology, faults=FaultSchedule(cfg.faults, cfg.n_workers, cfg.seed) if cfg.faults else None)
     return BACKENDS[cfg.backend](run), task.init_params(cfg.seed)
 

@@ -128,6 +128,8 @@ class Grad:
     batches: int = 1
     part: Any = None
     members: Any = None
+    epoch: Any = None  # with nth: the nth minibatch of pass `epoch` over the shard, without replacement
+    nth: Any = None
 
     def skip(self, n: int):
         """A non-member's result: NaN loss, zero gradient."""
@@ -192,10 +194,13 @@ class AllReduce(Collective):
     members: Any = None
     codec: Any = None
     reduce: Any = None
+    via: str | None = None  # "server": members upload to and download from a server (federated rounds)
 
     def __post_init__(self):
         if self.op not in ("mean", "sum"):
             raise ValueError(f"AllReduce.op must be 'mean' or 'sum', got {self.op!r}")
+        if self.via not in (None, "server"):
+            raise ValueError(f"AllReduce.via must be None (the network's all-reduce) or 'server', got {self.via!r}")
         q = self.quorum  # [issue 21] 0 (or False) must not read as "no quorum"
         if q is not None and (isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1):
             raise ValueError(f"AllReduce.quorum must be a whole number >= 1 (reduce the first k arrivals) or None "
@@ -217,6 +222,8 @@ class AllReduce(Collective):
         return self.aggregator.combine(payloads)
 
     def cost(self, net: NetworkSpec, sizes: Sequence[int], ids: Sequence[int]) -> Cost:
+        if self.via == "server":  # uploads to a server, which combines and sends the result back
+            return net.server_cost(max(sizes), ids)
         if self._gather:  # not reducible on the way: every payload travels
             return net.allgather_cost(sizes, ids)
         return net.allreduce_cost(max(sizes), ids)
@@ -385,6 +392,19 @@ def retrying(op):
             return (yield op)
         except WorkerFailed:
             continue
+
+
+@dataclass(frozen=True)
+class Play(Local):
+    """This slot plays ``client`` from now on (``[]``, or ``[n]`` stacked): its ``Grad`` without
+    ``part`` reads the client's data (the client's own minibatch stream) and its compute takes the
+    client's time (the compute model describes clients when the run has ``n_clients``)."""
+
+    client: Any
+
+    def local(self, env, w):
+        c = self.client
+        env.play(w, int(c[w]) if isinstance(c, Tensor) and c.dim() else int(c))
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ class Step(NamedTuple):
     round: int = 0
     metrics: dict | None = None
     eval_x: Any = None
+    client: Any = None  # the client this slot plays this round (play), else None
+    cohort: tuple = ()  # the round's clients, slot order (play)
 
 
 class Part:
@@ -180,7 +182,7 @@ def sampled(m: int) -> Callable:
 
 class keyed(Part):  # noqa: N801
     """``part``'s state lives in rows the backend owns, one per key: ``by(ctx, s)`` names the
-    row this worker plays now (default: the worker itself; a federated slot passes its client).
+    row this worker plays now (default: the client it plays, else the worker itself).
     The row is loaded before ``part`` runs and saved after; a key nobody plays keeps its row."""
 
     def __init__(self, part: Part, by: Callable | None = None, name: str = "keyed"):
@@ -190,7 +192,7 @@ class keyed(Part):  # noqa: N801
         return tensorize(self.part.init(ctx, x), x)  # the row of a key never saved
 
     def step(self, ctx, s, default):
-        key = ctx.index if self.by is None else self.by(ctx, s)
+        key = (ctx.index if s.client is None else s.client) if self.by is None else self.by(ctx, s)
         row = yield ops.LoadState(self.name, key, default)
         s, row = yield from self.part.step(ctx, s, row)
         yield ops.SaveState(self.name, key, tensorize(row, s.x))
@@ -205,7 +207,7 @@ def run(p: Part, ctx, x):
     state = p.init(ctx, x)
     s = Step(t=0, x=x)
     for t in range(ctx.steps):
-        s = Step(t=t, x=s.x, round=s.round)
+        s = Step(t=t, x=s.x, round=s.round)  # client and cohort are per round: play sets them
         s, state = yield from p.step(ctx, s, state)
         yield ops.Record(step=t + 1, round=s.round, x=s.x, loss=s.loss, metrics=s.metrics or {}, eval_x=s.eval_x)
     return s.x
@@ -295,6 +297,85 @@ def gossip(ctx, s, state):
     return s._replace(x=(yield ops.Gossip(s.x, step=s.t))), state
 
 
+# -- federated pieces (issue [22]) ------------------------------------------------------------
+class play(Part):  # noqa: N801
+    """Each round the ``n_workers`` slots play ``n_workers`` distinct clients of ``ctx.n_clients``
+    (slot ``i`` the ``i``-th of :func:`~harness.algorithms.blocks.sample_clients`), uniformly or
+    in proportion to their data (``weighted``). Sets ``s.client``, ``s.cohort`` and the ``client``
+    metric (the table's client column); the slot's data and speed become the client's (``Play``)."""
+
+    def __init__(self, weighted: bool = False):
+        self.weighted = weighted
+
+    def step(self, ctx, s, state):
+        from harness.algorithms.blocks import sample_clients
+
+        cohort = sample_clients(ctx.seed, s.t, ctx.n_clients, ctx.n_workers,
+                                ctx.part_sizes if self.weighted else None)
+        c = torch.tensor(cohort)[ctx.index]
+        yield ops.Play(c)
+        metrics = {**(s.metrics or {}), "client": c.to(torch.float64)}
+        return s._replace(client=c, cohort=cohort, metrics=metrics), state
+
+
+class local_train(Part):  # noqa: N801
+    """A client's local training from the round's model ``x_g``: ``epochs`` passes over its shard
+    without replacement (ragged last batch; a slot whose client has fewer batches sits the extra
+    ones out, structurally, as ``masked``) or ``steps`` minibatches with replacement, each an
+    optimizer step ``x <- x + lr_t opt(g + mu (x - x_g))`` from a fresh optimizer state (``mu``:
+    FedProx's proximal term, Li et al. arXiv 1812.06127 eq. 2; 0 for FedAvg). ``lr_t`` is the rate
+    of round ``t``. Sets ``x`` and ``loss`` (the last minibatch's)."""
+
+    def __init__(self, opt, epochs: int = 0, steps: int = 0, mu: float = 0.0):
+        if bool(epochs) == bool(steps):
+            raise ValueError("local_train: give epochs or steps (one of them)")
+        self.opt, self.epochs, self.steps, self.mu = opt, epochs, steps, mu
+
+    def step(self, ctx, s, state):
+        tr, lr_at = _built(self.opt, ctx.steps)
+        xg, x, lr = s.x, s.x, lr_at(s.t)
+        st = tensorize(tr.init(x), x)
+        loss = None
+        if self.steps:
+            plan = [(None, None, None)] * self.steps
+        else:
+            nb = [-(-ctx.part_sizes[c] // ctx.batch_size) for c in s.cohort]
+            plan = [(s.t * self.epochs + e, k, tuple(i for i, b in enumerate(nb) if b > k))
+                    for e in range(self.epochs) for k in range(max(nb))]
+        for epoch, k, ids in plan:
+            full = ids is None or len(ids) == ctx.n_workers
+            l, g = yield ops.Grad(x, epoch=epoch, nth=k, members=None if full else ids)
+            if self.mu:
+                g = g + self.mu * (x - xg)
+            u, new = tr.update(g, st, x)
+            stepped = x + lr * u
+            if full:
+                x, st, loss = stepped, new, l
+            else:
+                mine = ctx.member(ids)
+                x, st = torch.where(mine.unsqueeze(-1), stepped, x), select(mine, new, st)
+                loss = l if loss is None else torch.where(mine, l, loss)
+        return s._replace(x=x, loss=loss), state
+
+
+class server_average(Part):  # noqa: N801
+    """The server's average of the slots' models (FedAvg, McMahan et al. arXiv 1602.05629): weighted
+    by the clients' samples ``n_c / sum_{cohort} n_c`` (``weighted``) or plain; priced as uploads to
+    and downloads from a server (``AllReduce(via="server")``: ``2 m`` model transfers a round)."""
+
+    def __init__(self, weighted: bool = True):
+        self.weighted = weighted
+
+    def step(self, ctx, s, state):
+        if self.weighted:
+            total = float(sum(ctx.part_sizes[c] for c in s.cohort))
+            w = torch.tensor([ctx.part_sizes[c] / total for c in s.cohort], dtype=s.x.dtype)[ctx.index]
+            x = yield ops.AllReduce(w.unsqueeze(-1) * s.x, op="sum", via="server")
+        else:
+            x = yield ops.AllReduce(s.x, op="mean", via="server")
+        return s._replace(x=x), state
+
+
 class metric(Part):  # noqa: N801
     """Add ``name = fn(ctx, s)`` to the step's metrics."""
 
@@ -306,5 +387,5 @@ class metric(Part):  # noqa: N801
         yield  # pragma: no cover
 
 
-__all__ = ["Part", "Step", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
+__all__ = ["Part", "Step", "local_train", "play", "server_average", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
            "opt_update", "outer", "part", "run", "sampled", "select", "tensorize", "when"]

@@ -18,6 +18,9 @@ KEYS = {
     "slowdown": 23,      # [seed, worker, 23]: real backends' injected sleeps (its own 3-part sequence)
     "message_loss": 29,  # dropped point-to-point messages (simulators.simpy_p2p)
     "members": 31,       # blocks.sample_members: [seed, round, 31]
+    "clients": 37,       # blocks.sample_clients: [seed, round, 37]
+    "epochs": 41,        # Sampler.epoch: [seed, part, epoch, 41], a pass over a shard without replacement
+    # (harness.tasks.Sampler's torch generators: [seed, i, 7] per worker or part, [seed, i, part, 29] for Grad(part=))
 }
 
 

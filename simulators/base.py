@@ -52,6 +52,7 @@ class Simulator:
         self.ranks = self.n + self.offset
         self.stats = Stats(self.ranks)
         self.units = [0.0] * self.ranks  # compute units done, for Rate
+        self.playing: dict[int, int] = {}  # slot -> the client it plays (Play), for data and speed
         # one stream per worker, and stream n for a server (as on the real backends)
         self.rngs = [streams.rng("rand", run.ctx.seed, i) for i in range(self.n + 1)]
 
@@ -64,7 +65,7 @@ class Simulator:
     def compute_seconds(self, w: int, start: float, cost: float) -> tuple[float, float]:
         """Worker ``w``'s busy time for ``cost`` units from ``start`` and the downtime of
         crashes within it under policy ``wait`` (recorded as failed/recovered rows)."""
-        dt, down = self.run.compute.sample(w, cost), 0.0
+        dt, down = self.run.compute.sample(self.playing.get(w, w), cost), 0.0  # a client's speed when playing one
         f = self.run.faults
         if f is not None and f.active and f.spec.policy == "wait":
             for at in f.downtime(w, start, dt):
@@ -93,15 +94,16 @@ class Simulator:
         """In/out-neighbour masks of worker ``w`` at ``step`` (``Neighbors``)."""
         return ops.Neighbors.peers(self.topology().W(step), w)
 
+    def play(self, w: int, client: int) -> None:
+        """Worker (slot) ``w`` plays ``client`` from now on (``Play``)."""
+        if not 0 <= client < self.run.ctx.n_clients:
+            raise ValueError(f"Play.client: {client} is not a client 0..{self.run.ctx.n_clients - 1} (n_clients)")
+        self.playing[w] = client
+
     def batches(self, op: ops.Grad, ids) -> list[torch.Tensor]:
         """Minibatch indices of workers ``ids`` for ``op`` (own shard, or ``op.part``: an
-        int, or a ``[]``/``[n]`` tensor of parts)."""
-        part = op.part
-        if part is None:
-            return [self.run.sampler.draw(i, None, op.batches) for i in ids]
-        if not isinstance(part, torch.Tensor) or part.dim() == 0:
-            return [self.run.sampler.draw(i, int(part), op.batches) for i in ids]
-        return [self.run.sampler.draw(i, int(part[i]), op.batches) for i in ids]
+        int, or a ``[]``/``[n]`` tensor of parts; a slot playing a client: the client's)."""
+        return [self.run.sampler.for_op(op, i, self.playing.get(i)) for i in ids]
 
     def start(self, x0: torch.Tensor):
         """Record the initial model (step 0) before any op."""

@@ -78,16 +78,30 @@ class StackedBackend(Simulator):
         ids = self._ids(op)
         # workers that sit out: their NaN loss is no divergence (Recorder.check_loss)
         self._sat_out = () if op.members is None else set(self.all_ids) - set(ids)
-        idx = torch.stack(self.batches(op, ids))
-        if ids == self.all_ids:
-            out = self.run.task.loss_and_grad(op.x, idx, torch.arange(self.n))
-        else:  # only the active rows are computed
-            rows = torch.tensor(ids)
-            loss, g = self.run.task.loss_and_grad(op.x[rows], idx, rows)
-            out = (torch.full((self.n,), float("nan"), dtype=loss.dtype).index_copy(0, rows, loss),
-                   torch.zeros_like(op.x).index_copy(0, rows, g))
+        got = self.batches(op, ids)
+        sizes = {len(b) for b in got}
+        if ids == self.all_ids and len(sizes) == 1:
+            out = self.run.task.loss_and_grad(op.x, torch.stack(got), torch.arange(self.n))
+        else:  # only the active rows are computed, one call per batch size (ragged last batches of an epoch)
+            loss_all = torch.full((self.n,), float("nan"), dtype=op.x.dtype)
+            grad_all = torch.zeros_like(op.x)
+            for size in sorted(sizes):
+                sel = [p for p, b in enumerate(got) if len(b) == size]
+                # a ragged last batch of an epoch: one call per row, because a batched matmul over such a
+                # batch length reduces in another order than one worker's (float32 bits would differ from SimPy)
+                groups = [sel] if size == self.run.task.batch_size else [[p] for p in sel]
+                for sel in groups:
+                    loss_all, grad_all = self._rows(op, got, ids, sel, loss_all, grad_all)
+            out = (loss_all, grad_all)
         self._hold(op.batches, ids)
         return out
+
+    def _rows(self, op, got, ids, sel, loss_all, grad_all):
+        """Loss and gradient of the member rows at positions ``sel`` (one batched call), written
+        into ``loss_all`` / ``grad_all``."""
+        rows = torch.tensor([ids[p] for p in sel])
+        loss, g = self.run.task.loss_and_grad(op.x[rows], torch.stack([got[p] for p in sel]), rows)
+        return loss_all.to(loss.dtype).index_copy(0, rows, loss), grad_all.index_copy(0, rows, g)
 
     # -- collectives -----------------------------------------------------------------------
     def _collective(self, op, pending=False):
@@ -218,6 +232,8 @@ class StackedBackend(Simulator):
     def _local(self, op):
         """Every worker's answer, stacked (a tensor, or a NamedTuple of tensors)."""
         got = [op.local(self, i) for i in range(self.n)]
+        if got[0] is None:  # an op that only tells the backend something (Play)
+            return None
         if isinstance(got[0], tuple):
             return type(got[0])(*(torch.stack(f) for f in zip(*got)))
         return torch.stack(got)

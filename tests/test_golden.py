@@ -16,6 +16,9 @@ from tests.golden.make_golden import cases, digest, frame
 
 HERE = Path(__file__).resolve().parent / "golden"
 CASES = dict(cases())
+# the runs pinned before the refactor; methods added since have their own tests (and join the
+# golden file when it is regenerated for a change meant to change numbers)
+PINNED = sorted(json.loads((HERE / "finals.json").read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +26,10 @@ def golden():
     return pd.read_parquet(HERE / "golden.parquet"), json.loads((HERE / "finals.json").read_text())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", PINNED)
 def test_table_and_parameters_unchanged(name, golden):
     tables, finals = golden
+    assert name in CASES, f"golden run {name} is no longer produced by make_golden.cases()"
     df, x = simulate(CASES[name])
     got = frame(df)
     want = tables[tables["case"] == name].drop(columns=["case"]).reset_index(drop=True)

@@ -54,6 +54,8 @@ class Ctx:
     rank: int = -1  # process rank for Send/Recv (server algorithms only; server = 0)
     n_clients: int = 0  # 0: as many as workers
     params: tuple = ()  # ((name, shape), ...) of the task's parameter tensors
+    part_sizes: tuple = ()  # samples in each data part (a client's shard with n_clients)
+    batch_size: int = 0  # the task's minibatch size (for passes over a shard: Sampler.n_batches)
 
     def __post_init__(self):
         if not self.n_clients:
@@ -234,8 +236,8 @@ def _load_builtin():
         return
     _LOADING = True
     try:
-        from harness.algorithms import (async_easgd, async_local_sgd, async_sgd, diloco, dppf, dpsgd, easgd, grawa,  # noqa: F401
-                                        local_sgd, lsgd, palsgd, post_local_sgd, qsr, sync_sgd)
+        from harness.algorithms import (async_easgd, async_local_sgd, async_sgd, diloco, dppf, dpsgd, easgd,  # noqa: F401
+                                        fedavg, grawa, local_sgd, lsgd, palsgd, post_local_sgd, qsr, sync_sgd)
         _LOADED = True
     finally:
         _LOADING = False

@@ -174,6 +174,22 @@ def sample_members(seed: int, rnd: int, n: int, m: int) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in streams.rng("members", seed, rnd).choice(n, m, replace=False)))
 
 
+def sample_clients(seed: int, rnd: int, n_clients: int, m: int, sizes=None) -> tuple[int, ...]:
+    """The ``m`` clients of round ``rnd`` (slot ``i`` plays the ``i``-th), without replacement:
+    uniformly, or with probability proportional to ``sizes`` (a client's samples). A pure function
+    of ``(seed, rnd)`` like :func:`sample_members`, so every slot and backend agrees."""
+    import numpy as np
+    from harness import streams
+
+    if not 1 <= m <= n_clients:
+        raise ValueError(f"clients: need 1 <= slots = {m} <= n_clients = {n_clients}")
+    p = None
+    if sizes is not None:
+        p = np.asarray(sizes, dtype=np.float64)
+        p = p / p.sum()
+    return tuple(sorted(int(i) for i in streams.rng("clients", seed, rnd).choice(n_clients, m, replace=False, p=p)))
+
+
 class Versions:
     """A server's model versions, for the ``staleness`` of every update it applies:
     the number of updates applied since the sender last received the model (the

@@ -93,6 +93,7 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.step_hint = 0  # last recorded step, for error messages
         self.div: dict | None = None  # this rank's first divergence; after an agreement, the run's
         self.sat_out = False  # the last Grad skipped this worker (members=): its NaN loss is by design
+        self.playing = None  # the client this rank plays (Play)
         self.agree = cfg.on_divergence == "stop"  # lock-step: agree at evaluations; server methods: END messages
         self.tr = self._divergence_setup(cfg, tr)  # the loss rule; server methods: a transport that sees END
         self.last_x = None  # the model of the last Record: the final model when the run stops early
@@ -201,8 +202,7 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.sat_out = not self._member(op)[1]
         if self.sat_out:
             return ops.skipped(op, self.n)
-        part = None if op.part is None else int(op.part)
-        out = self.task.loss_and_grad(op.x, self.sampler.draw(self.i, part, op.batches), self.i)
+        out = self.task.loss_and_grad(op.x, self.sampler.for_op(op, self.i, self.playing), self.i)
         if self.slow is not None:
             self.slow()
         self._hold_done()
@@ -229,6 +229,11 @@ class RankDriver(CommHandlers, DivergenceChecks):
     # -- the local pattern: the env of ops.Local (this rank answers for itself only) --------
     def _local(self, op):
         return op.local(self, self.i)
+
+    def play(self, w, client):
+        if not 0 <= client < self.ctx0.n_clients:
+            raise ValueError(f"Play.client: {client} is not a client 0..{self.ctx0.n_clients - 1} (n_clients)")
+        self.playing = client  # data only: a real rank computes at its own speed
 
     def rate(self, w):
         busy = self.ctr.compute_s

@@ -150,5 +150,45 @@ class Sampler:
         shard = self.shards[part]
         return shard[torch.randint(len(shard), (batches * self.batch_size,), generator=g)]
 
+    def for_op(self, op, i: int, client: int | None = None) -> torch.Tensor:
+        """Worker ``i``'s minibatch indices for ``Grad`` op ``op`` (one source for every backend):
+        ``op.part`` (an int, or a ``[]``/``[n]`` tensor) draws that part with worker ``i``'s stream;
+        a slot playing ``client`` draws the client's own stream (so a client's batches do not depend
+        on the slot); ``op.epoch``/``op.nth``: that minibatch of a pass without replacement."""
+        def pick(v):
+            return None if v is None else int(v[i]) if isinstance(v, torch.Tensor) and v.dim() else int(v)
+
+        part = pick(op.part)
+        if op.epoch is not None:
+            p = part if part is not None else client if client is not None else i
+            idx = self.epoch(p, pick(op.epoch), pick(op.nth))
+            if not len(idx):
+                raise ValueError(f"Grad: minibatch {pick(op.nth)} of a pass over part {p} is empty (it has "
+                                 f"{self.n_batches(p)}); give Grad members= the slots whose clients have that many")
+            return idx
+        if part is not None:
+            return self.draw(i, part, op.batches)
+        return self.draw(client, None, op.batches) if client is not None else self.draw(i, None, op.batches)
+
+    def epoch(self, part: int, epoch: int, nth: int) -> torch.Tensor:
+        """The ``nth`` minibatch of pass ``epoch`` over part ``part`` without replacement: a
+        permutation of the shard (stream ``(seed, part, epoch)``) cut into batches of
+        ``batch_size``, the last one ragged. An empty tensor past the last batch."""
+        from harness import streams
+
+        key = (part, epoch)
+        perm = self._perms.get(key) if hasattr(self, "_perms") else None
+        if perm is None:
+            if not hasattr(self, "_perms") or len(self._perms) > 4096:
+                self._perms = {}
+            shard = self.shards[part]
+            order = streams.rng("epochs", self.seed, part, epoch).permutation(len(shard))
+            perm = self._perms[key] = shard[torch.as_tensor(order, dtype=torch.long)]
+        return perm[nth * self.batch_size:(nth + 1) * self.batch_size]
+
+    def n_batches(self, part: int) -> int:
+        """Minibatches in one pass over part ``part`` (the last one ragged)."""
+        return -(-len(self.shards[part]) // self.batch_size)
+
     def all(self, batches: int = 1) -> torch.Tensor:
         return torch.stack([self.worker(i, batches) for i in range(len(self.shards))])

@@ -25,6 +25,8 @@ class DigitsParams(TaskParams):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (partition: dirichlet)")
     hidden: list[Annotated[int, Field(ge=1)]] = Field([64, 64], description="hidden layer widths")
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    split: Literal["random", "stratified"] = Field("random", description="train/test split: a random permutation, "
+                                                   "or stratified by class (each class test_fraction in test)")
 
 
 class DigitsTask(Task):
@@ -43,6 +45,10 @@ class DigitsTask(Task):
         perm = np.random.default_rng(12345).permutation(len(y))  # fixed split, not the run seed
         n_test = int(round(params.test_fraction * len(y)))
         test, train = perm[:n_test], perm[n_test:]
+        if params.split == "stratified":  # the peers' split (sklearn's, fixed seed): classes in equal proportion
+            from sklearn.model_selection import train_test_split
+
+            train, test = train_test_split(np.arange(len(y)), test_size=n_test, stratify=y, random_state=12345)
         self.x_train = torch.tensor(x[train], dtype=self.dtype)
         self.y_train = torch.tensor(y[train])
         self.x_test = torch.tensor(x[test], dtype=self.dtype)
