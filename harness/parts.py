@@ -51,6 +51,7 @@ class Step(NamedTuple):
     eval_x: Any = None
     client: Any = None  # the client this slot plays this round (play), else None
     cohort: tuple = ()  # the round's clients, slot order (play)
+    shift: Any = None  # a drift correction local_train adds to every local gradient (SCAFFOLD's c - c_i)
 
 
 class Part:
@@ -323,7 +324,8 @@ class local_train(Part):  # noqa: N801
     without replacement (ragged last batch; a slot whose client has fewer batches sits the extra
     ones out, structurally, as ``masked``) or ``steps`` minibatches with replacement, each an
     optimizer step ``x <- x + lr_t opt(g + mu (x - x_g))`` from a fresh optimizer state (``mu``:
-    FedProx's proximal term, Li et al. arXiv 1812.06127 eq. 2; 0 for FedAvg). ``lr_t`` is the rate
+    FedProx's proximal term, Li et al. arXiv 1812.06127 eq. 2; 0 for FedAvg), plus ``s.shift`` when a
+    part before it set one (a drift correction, SCAFFOLD's ``c - c_i``). ``lr_t`` is the rate
     of round ``t``. Sets ``x`` and ``loss`` (the last minibatch's)."""
 
     def __init__(self, opt, epochs: int = 0, steps: int = 0, mu: float = 0.0):
@@ -347,6 +349,8 @@ class local_train(Part):  # noqa: N801
             l, g = yield ops.Grad(x, epoch=epoch, nth=k, members=None if full else ids)
             if self.mu:
                 g = g + self.mu * (x - xg)
+            if s.shift is not None:  # a part before this one set a per-round correction (SCAFFOLD)
+                g = g + s.shift
             u, new = tr.update(g, st, x)
             stepped = x + lr * u
             if full:
