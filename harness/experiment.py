@@ -58,15 +58,22 @@ def simulate(cfg: RunConfig, on_eval=None):
     return df, final
 
 
-def _execute(cfg: RunConfig, on_eval=None):
-    """``(table, final parameters, first divergence or None)``; raises :class:`Diverged` (stop)."""
+def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None):
+    """``(table, final parameters, first divergence or None)``; raises :class:`Diverged` (stop).
+    ``times`` (if given) gets ``setup_s`` (task, data and run assembly) and ``loop_s`` (the
+    algorithm's execution), so run.json can say where the wall time went (issue [22])."""
+    t0 = time.perf_counter()
     backend, x0 = build(cfg, on_eval)
     rec = backend.run.recorder
+    t1 = time.perf_counter()
     try:
         final = backend.execute(x0)
     except Diverged as e:
         e.frame = rec.frame()
         raise
+    finally:
+        if times is not None:
+            times.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1)
     return rec.frame(), final, rec.diverged
 
 
@@ -103,10 +110,10 @@ def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
     record = {"run_id": cfg.run_id, "status": "running", "error": None, "config": cfg.model_dump(),
               "versions": versions(), "started": _now(), "finished": None}
     write_json(record, run_dir / RUN_JSON)
-    t0 = time.perf_counter()
+    t0, times = time.perf_counter(), {}
     try:
         try:
-            df, final, div = _execute(cfg, on_eval)
+            df, final, div = _execute(cfg, on_eval, times)
         except Diverged as e:  # on_divergence: stop; the rows so far are the result
             df, final, div = e.frame, None, e.info
         write_table(df, run_dir / METRICS)
@@ -118,7 +125,7 @@ def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
         write_json(record, run_dir / RUN_JSON)
         raise
-    record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0)
+    record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0, **times)
     if div is not None:
         div = {**div, "stopped": cfg.on_divergence == "stop"}
         record.update(status="diverged", diverged=div)

@@ -141,9 +141,11 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     hb = Heartbeat(run_dir, tr, record, lambda: state["driver"], fail, op_timeout_s())
     try:
         drv = state["driver"] = RankDriver(cfg, tr, on_timeout=lambda why: fail(why))
+        t1 = time.perf_counter()  # setup_s: task, data and run assembly; loop_s: the run and its evaluations
         final = drv.run()
         if root:
             drv.rec.finish()  # test metrics of the consensus rows, off the clock
+        t2 = time.perf_counter()
         mine = {"rank": tr.rank, "role": drv.role, "index": drv.i, "rows": drv.rec.rows, "host": socket.gethostname(),
                 "final": final.detach().cpu() if save_params else None, "diverged": drv.div}
         parts = tr.gather_obj(mine)
@@ -155,7 +157,8 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
                 workers = torch.stack([p["final"] for p in parts if p["role"] == "worker"])
                 server_x = next((p["final"] for p in parts if p["role"] == "server"), None)
                 write_params(run_dir / PARAMS_FILE, workers, server_x)
-            record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0,
+            record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0, setup_s=t1 - t0,
+                          loop_s=t2 - t1,
                           hosts=sorted({p["host"] for p in parts}))
             divs = sorted((p["diverged"] for p in parts if p["diverged"]), key=lambda d: (d["step"], d["worker"]))
             if divs:  # the first over all ranks (they agree on it under on_divergence: stop)
