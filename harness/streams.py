@@ -29,4 +29,25 @@ def rng(name: str, seed: int, *ids: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *(int(i) for i in ids), KEYS[name]])
 
 
-__all__ = ["KEYS", "rng"]
+class PerId:
+    """``n`` streams, one per id (a client, a part), each made by ``make(i)`` on first use: a run
+    with 10,000 clients of which a few hundred are ever played pays for those only (issue [22]).
+    A stream's numbers depend on its key alone, so laziness changes no number."""
+
+    def __init__(self, n: int, make):
+        self.n, self.make, self.made = n, make, {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        i = int(i)
+        g = self.made.get(i)
+        if g is None:
+            if not 0 <= i < self.n:
+                raise IndexError(f"stream {i} of {self.n}")
+            g = self.made[i] = self.make(i)
+        return g
+
+
+__all__ = ["KEYS", "PerId", "rng"]

@@ -158,7 +158,7 @@ class ComputeTimes:
             if measure is None:
                 raise ComputeError(f"compute.model: {spec.model!r} needs a task to measure")
             self.mean_s = measure() * (spec.scale if spec.model == "measured" else 1.0)
-        self.rngs = [streams.rng("compute", seed, i) for i in range(n)]
+        self.rngs = streams.PerId(n, lambda i: streams.rng("compute", seed, i))  # made when a client first computes
         k = int(round(spec.straggler_fraction * n))
         self.slow = np.sort(streams.rng("stragglers", seed).choice(n, size=k, replace=False))
         self.factor = np.ones(n)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from harness import streams
+
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
@@ -123,7 +125,8 @@ class Sampler:
     def __init__(self, shards: list[np.ndarray], batch_size: int, seed: int):
         self.shards = [torch.as_tensor(s, dtype=torch.long) for s in shards]
         self.batch_size, self.seed = batch_size, seed
-        self.gens = [self._gen([seed, i, 7]) for i in range(len(shards))]
+        # one stream per part, made on first use (a 10,000-client run plays a few hundred) [issue 22]
+        self.gens = streams.PerId(len(shards), lambda i: self._gen([seed, i, 7]))
         self.part_gens: dict[tuple[int, int], torch.Generator] = {}
 
     @staticmethod
@@ -174,8 +177,6 @@ class Sampler:
         """The ``nth`` minibatch of pass ``epoch`` over part ``part`` without replacement: a
         permutation of the shard (stream ``(seed, part, epoch)``) cut into batches of
         ``batch_size``, the last one ragged. An empty tensor past the last batch."""
-        from harness import streams
-
         key = (part, epoch)
         perm = self._perms.get(key) if hasattr(self, "_perms") else None
         if perm is None:
