@@ -31,6 +31,8 @@ codec      compressed payloads (``codec=``)
 onesided   ``Put`` / ``Get`` / ``Accumulate`` / ``Exchange`` on peers' windows
 faults     injected crashes (``faults:`` with policy ``wait``)
 crash      permanent crashes (``faults.policy: continue``)
+time       ``Sleep`` / ``Until``: wait in simulated (SimPy) or wall (real) seconds
+timeout    ``Recv(timeout=, deadline=)``: give up a receive (gloo cannot: it closes the pair)
 =========  =============================================================================
 """
 from __future__ import annotations
@@ -59,14 +61,15 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("simpy", "simulated", "simulators.simpy_backend:SimPyBackend",
-            frozenset(COMMON | {"quorum", "p2p", "server", "onesided", "faults", "crash"})),
+            frozenset(COMMON | {"quorum", "p2p", "server", "onesided", "faults", "crash", "time", "timeout"})),
     Backend("stacked", "simulated", "simulators.stacked:StackedBackend", frozenset(COMMON | {"quorum", "faults"})),
-    Backend("mpi", "real", "harness.backends.mpi:MPITransport", frozenset(COMMON | {"p2p", "server", "onesided"}),
+    Backend("mpi", "real", "harness.backends.mpi:MPITransport",
+            frozenset(COMMON | {"p2p", "server", "onesided", "time", "timeout"}),
             launcher="mpiexec -n N harness run CONFIG --backend mpi (or srun)"),
-    Backend("torch", "real", "harness.backends.torchdist:TorchTransport", frozenset(COMMON | {"p2p", "server"}),
+    Backend("torch", "real", "harness.backends.torchdist:TorchTransport", frozenset(COMMON | {"p2p", "server", "time"}),
             launcher="torchrun --nproc-per-node N --no-python harness run CONFIG --backend torch (or srun)"),
     Backend("loopback", "real", "harness.backends.loopback:LoopbackTransport",
-            frozenset(COMMON | {"p2p", "server", "onesided"}), selectable=False),
+            frozenset(COMMON | {"p2p", "server", "onesided", "time", "timeout"}), selectable=False),
 )}
 SUPPORTS: dict[str, set[str]] = {name: set(b.supports) for name, b in BACKENDS.items()}
 SELECTABLE = tuple(n for n, b in BACKENDS.items() if b.selectable)  # what backend: accepts
@@ -79,6 +82,9 @@ WHY = {
     "onesided": "one-sided windows need asynchronous workers; use backend simpy or mpi",
     "faults": "crash injection is simulated; a real run has real failures only: remove faults: or use backend simpy",
     "crash": "permanent crashes (faults.policy: continue) are modelled on backend simpy only",
+    "time": "waiting (Sleep/Until) belongs to asynchronous roles; use backend simpy (or mpi/torch)",
+    "timeout": ("a receive with a timeout must be abandoned when it expires, which gloo cannot do (a timed-out "
+                "wait closes the connection); use backend simpy or mpi"),
 }
 
 

@@ -32,7 +32,9 @@ Rand()               a uniform draw from this worker's own random stream   ``[]`
 Rate()               this worker's measured compute rate so far (units/s)  ``[]``
 Start(op), Wait(h)   begin a collective without waiting, finish it         Handle, op's result
 Send(dst, x)         point-to-point message to rank ``dst`` (buffered)      None
-Recv(src)            next message from ``src`` (or ``ANY`` source)          :class:`Message`
+Recv(src)            next message from ``src`` (or ``ANY`` source;          :class:`Message`
+                     ``timeout=``/``deadline=``: ``None`` if none came)     or None
+Sleep(s), Until(t)   wait ``s`` seconds / until ``t`` s since the start      None
 Record(...)          a row for the result table (the backend stamps it)    None
 ===================  ====================================================  =====================
 
@@ -462,15 +464,77 @@ class Send:
     codec: Any = None
 
 
+def _seconds(owner: str, v, fix: str) -> None:
+    """``v`` must be a finite number of seconds >= 0 (one line naming ``owner`` otherwise)."""
+    import math
+
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{owner} must be a finite number of seconds >= 0 ({fix}), got {v!r}")
+
+
 @dataclass(frozen=True)
 class Recv:
     """Wait for the next message from rank ``src`` (``ANY``: from anyone) with ``tag``
-    (``None``: any tag). Messages from one sender arrive in the order they were sent."""
+    (``None``: any tag). Messages from one sender arrive in the order they were sent.
+
+    ``timeout=s`` (seconds from now) and/or ``deadline=t`` (seconds since the run's start, as
+    ``Until``): give up then and return ``None`` when nothing matching arrived (``timeout=0``
+    polls). Simulated seconds on SimPy, wall seconds on the real backends (feature ``timeout``)."""
 
     pattern: ClassVar[str] = "recv"
     feature: ClassVar[str] = "p2p"
     src: int = ANY
     tag: int | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+
+    def __post_init__(self):
+        if self.timeout is not None:
+            _seconds("Recv.timeout", self.timeout, "None: wait for ever")
+        if self.deadline is not None:
+            _seconds("Recv.deadline", self.deadline, "seconds since the run's start; None: no deadline")
+
+    def limit(self, now: float) -> float | None:
+        """Seconds this receive may wait from ``now`` (``None``: for ever)."""
+        ends = [now + self.timeout if self.timeout is not None else None, self.deadline]
+        ends = [e for e in ends if e is not None]
+        return max(0.0, min(ends) - now) if ends else None
+
+
+class Time:
+    """The *time* pattern: wait, doing nothing, until ``resume_at(now)`` (seconds since the run's
+    start: simulated on SimPy, wall clock since the start barrier on the real backends; counted as
+    idle time). Feature ``time``; the result is ``None``."""
+
+    pattern: ClassVar[str] = "time"
+    feature: ClassVar[str] = "time"
+
+
+@dataclass(frozen=True)
+class Sleep(Time):
+    """Wait ``seconds`` (a fixed-duration round, a client's think time)."""
+
+    seconds: float
+
+    def __post_init__(self):
+        _seconds("Sleep.seconds", self.seconds, "0 returns at once")
+
+    def resume_at(self, now: float) -> float:
+        return now + float(self.seconds)
+
+
+@dataclass(frozen=True)
+class Until(Time):
+    """Wait until ``t`` seconds since the run's start (at once if that has passed): a round's
+    deadline that does not drift with the time spent in between."""
+
+    t: float
+
+    def __post_init__(self):
+        _seconds("Until.t", self.t, "seconds since the run's start")
+
+    def resume_at(self, now: float) -> float:
+        return max(now, float(self.t))
 
 
 @dataclass(frozen=True)
@@ -534,7 +598,8 @@ class SaveState:
         return None
 
 
-Op = (Grad | Compute | Collective | Gossip | Local | OneSided | Start | Wait | Send | Recv | Record | LoadState
-      | SaveState)
+Op = (Grad | Compute | Collective | Gossip | Local | OneSided | Start | Wait | Send | Recv | Time | Record
+      | LoadState | SaveState)
 
-PATTERNS = ("compute", "collective", "gossip", "local", "onesided", "start", "wait", "send", "recv", "record", "state")
+PATTERNS = ("compute", "collective", "gossip", "local", "onesided", "start", "wait", "send", "recv", "time", "record",
+            "state")

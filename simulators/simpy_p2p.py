@@ -9,6 +9,10 @@ lands in the receiver's mailbox. The sender continues once serialisation is done
 idle time, serialisation as its communication time; waiting in ``Recv`` is idle time.
 A lost message (``network.drop_prob``) is re-sent after ``network.retransmit_s``; every
 attempt's bytes are counted.
+
+Time (issue [22]): ``Sleep``/``Until`` are a SimPy timeout (idle time); ``Recv(timeout=,
+deadline=)`` waits for ``AnyOf(get, timeout)`` and cancels the get if the timeout won, so a
+message arriving later stays in the inbox for the next ``Recv``.
 """
 from __future__ import annotations
 
@@ -65,8 +69,25 @@ class P2PMixin:
             return (op.src == ops.ANY or m.src == op.src) and (op.tag is None or m.tag == op.tag)
 
         arrived = self.env.now
-        msg, nbytes = yield self.inboxes[r].get(match)
+        get, limit = self.inboxes[r].get(match), op.limit(arrived)
+        if limit is not None:  # Recv(timeout=/deadline=): whichever comes first
+            yield get | self.env.timeout(limit)
+            if not get.triggered:  # nothing in time: withdraw the request, so no message is lost to it
+                get.cancel()
+                self.stats.idle_s[r] += self.env.now - arrived
+                self.stats.time[r] = self.env.now
+                return None
+        msg, nbytes = yield get
         self.stats.bytes_recv[r] += nbytes
         self.stats.idle_s[r] += self.env.now - arrived
         self.stats.time[r] = self.env.now
         return msg
+
+    def _time(self, r, op):
+        """``Sleep``/``Until``: the rank waits in simulated time (idle time)."""
+        now = self.env.now
+        dt = op.resume_at(now) - now
+        if dt > 0:
+            yield self.env.timeout(dt)
+        self.stats.idle_s[r] += dt
+        self.stats.time[r] = self.env.now

@@ -248,6 +248,26 @@ class LoopbackTransport(Transport):
                                                     f"recv from {'any rank' if src < 0 else f'rank {src}'}")
         return s, got_tag, x, time.perf_counter() - t0, nbytes
 
+    def recv_within(self, src, tag, seconds):
+        """``recv``, or ``None`` after ``seconds`` without a match. A rank waiting with a timeout is
+        never counted as blocked (it wakes up by itself), so it cannot make a deadlock."""
+        t0, w = time.perf_counter(), self.world
+        end, box = time.monotonic() + seconds, self.world.mail[self.rank]
+        with w.cv:
+            self._enter("recv")
+            while True:
+                k = next((k for k, m in enumerate(box) if m[1] == "p2p" and (src < 0 or m[0] == src)
+                          and (tag is None or m[2] == tag)), None)
+                if k is not None:
+                    s, _, got_tag, (x, nbytes) = box.pop(k)
+                    return s, got_tag, x, time.perf_counter() - t0, nbytes
+                if w.aborted:
+                    raise Aborted(w.aborted)
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                w.cv.wait(left)
+
     def win_create(self, x):
         """Every rank's window: one tensor like ``x`` in the shared world (one lock for all,
         so every update is atomic)."""

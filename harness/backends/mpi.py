@@ -174,6 +174,24 @@ class MPITransport(Transport):
         wait(self.data.Irecv(self._buf(x), source=s, tag=got_tag))
         return s, got_tag, x, waited, nbytes
 
+    def recv_within(self, src, tag, seconds):
+        """``recv``, or ``None`` when no header matched within ``seconds``: ``Iprobe`` the header
+        plane (spin :data:`SPIN_S`, then naps up to :data:`NAP_S`), so nothing has to be cancelled."""
+        MPI = self.MPI
+        status, t0 = MPI.Status(), time.perf_counter()
+        source, mtag = MPI.ANY_SOURCE if src < 0 else src, MPI.ANY_TAG if tag is None else tag
+        nap = 0.001
+        while not self.hdr.Iprobe(source=source, tag=mtag, status=status):
+            left = seconds - (time.perf_counter() - t0)
+            if left <= 0:
+                return None
+            if time.perf_counter() - t0 > SPIN_S:
+                time.sleep(min(nap, left))
+                nap = min(2 * nap, NAP_S)
+        s, got_tag = status.Get_source(), status.Get_tag()
+        got = self.recv(s, got_tag)  # the probed header (per-sender order: it is the first that matches)
+        return got[0], got[1], got[2], time.perf_counter() - t0, got[4]
+
     def gather_eval(self, x, counters):
         x = x.contiguous()
         root = self.workers.Get_rank() == 0

@@ -105,7 +105,8 @@ class RankDriver(CommHandlers, DivergenceChecks):
         """One handler per op pattern (:data:`harness.ops.PATTERNS`)."""
         return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
                 "local": self._local, "send": self._send, "recv": self._recv, "record": self._record,
-                "start": self._start, "wait": self._wait, "onesided": self._onesided, "state": self._state}
+                "start": self._start, "wait": self._wait, "onesided": self._onesided, "state": self._state,
+                "time": self._time}
 
     @property
     def where(self) -> str:

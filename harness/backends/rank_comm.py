@@ -12,7 +12,10 @@ as in the simulators:
 * gossip: ``exchange`` with one tag per edge: the k-th message on edge ``j -> i`` has
   tag ``k``, so two ``Gossip`` ops at one step never swap payloads;
 * one-sided ops: ``Transport.win_update`` locks the target windows (ascending rank
-  order, so two initiators cannot deadlock), applies the op's meaning and unlocks.
+  order, so two initiators cannot deadlock), applies the op's meaning and unlocks;
+* time: ``Sleep``/``Until`` sleep on the wall clock; ``Recv(timeout=, deadline=)`` calls
+  ``Transport.recv_within``, which probes until the limit (a transport that cannot abandon a
+  receive lacks the ``timeout`` feature and is refused at config time).
 """
 from __future__ import annotations
 
@@ -138,10 +141,32 @@ class CommHandlers:
 
     def _recv(self, op):
         src = -1 if op.src == ops.ANY else op.src
-        s, tag, x, waited, nbytes = self._comm(f"Recv from {'any rank' if src < 0 else f'rank {src}'}",
-                                       lambda: self.tr.recv(src, op.tag))
+        desc = f"Recv from {'any rank' if src < 0 else f'rank {src}'}"
+        limit = op.limit(self.clock.now())
+        if limit is None:
+            got = self._comm(desc, lambda: self.tr.recv(src, op.tag))
+        else:  # Recv(timeout=/deadline=): the transport polls (probe) until then; None if nothing came
+            before = self.ctr.comm_s
+            got = self._comm(f"{desc} within {limit:.3g} s", lambda: self.tr.recv_within(src, op.tag, limit))
+            if got is None:  # all of it was waiting
+                self.ctr.idle_s += self.ctr.comm_s - before
+                self.ctr.comm_s = before
+                return None
+        s, tag, x, waited, nbytes = got
         waited = min(waited, self.ctr.comm_s)
         self.ctr.comm_s -= waited
         self.ctr.idle_s += waited
         self.ctr.add_traffic(self.cfg.network.gossip(0, 0, 0)._replace(recv=float(nbytes)))
         return ops.Message(s, tag, x)
+
+    def _time(self, op):
+        """``Sleep``/``Until`` in wall seconds since the start barrier (idle time)."""
+        import time
+
+        now = self.clock.now()
+        dt = op.resume_at(now) - now
+        if dt > 0:
+            time.sleep(dt)
+        t1 = self.clock.now()
+        self.ctr.idle_s += t1 - self.mark
+        self.ctr.time = self.mark = t1

@@ -54,6 +54,9 @@ class Transport:
     def send(self, dst: int, x: torch.Tensor, tag: int, nbytes: int | None = None) -> None: ...
     def recv(self, src: int, tag: int | None) -> tuple[int, int, torch.Tensor, float, int]:
         """``(src, tag, x, seconds waited, wire bytes)``."""
+    def recv_within(self, src: int, tag: int | None, seconds: float):
+        """As ``recv``, or ``None`` when nothing matching arrived within ``seconds`` (probe, then receive)."""
+        raise NotImplementedError(f"backend {self.name}: no receive with a timeout; use backend mpi or simpy")
     def win_create(self, x: torch.Tensor) -> None:
         """Collective over all ranks: every rank exposes a window holding one tensor like ``x``."""
         raise NotImplementedError(f"backend {self.name}: no one-sided windows; use backend mpi or simpy")
