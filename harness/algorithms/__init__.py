@@ -29,7 +29,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 from harness.transforms import Optimizer
 
 ALGORITHMS: dict[str, Callable] = {}
-FEATURES = frozenset({"gossip", "quorum", "p2p", "overlap", "members", "onesided", "codec", "part"})
+FEATURES = frozenset({"gossip", "quorum", "p2p", "overlap", "members", "onesided", "codec", "part", "time", "timeout"})
 
 
 @dataclass(frozen=True)
