@@ -56,12 +56,13 @@ class client_variate(Part):  # noqa: N801
         if self.option == "I":
             _, new = yield ops.Grad(x)
         else:
-            if self.steps:
-                k = float(self.steps)
-            else:
-                per = [self.epochs * -(-ctx.part_sizes[cl] // ctx.batch_size) for cl in s.cohort]
-                k = torch.tensor(per, dtype=x.dtype)[ctx.index].unsqueeze(-1)
-            new = ci - c + (x - s.x) / (k * _built(self.inner, ctx.steps).lr(s.t))
+            # 1 / (K_i eta_l) per slot, formed in Python and multiplied: torch divides by a one-element
+            # tensor as a multiplication by its reciprocal, by an [m, 1] one exactly, so a division
+            # would round differently on SimPy and stacked
+            lr = _built(self.inner, ctx.steps).lr(s.t)
+            ks = [self.steps or self.epochs * -(-ctx.part_sizes[cl] // ctx.batch_size) for cl in s.cohort]
+            inv = torch.tensor([1.0 / (k * lr) for k in ks], dtype=x.dtype)[ctx.index].unsqueeze(-1)
+            new = ci - c + (x - s.x) * inv
         return s._replace(shift=new - ci), new
 
 
