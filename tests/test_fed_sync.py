@@ -179,3 +179,12 @@ def test_bad_hyperparameters_are_one_line(alg, bad, word):
         expand({"n_workers": 2, "n_clients": 4, "task": {"name": "quadratic"}, "algorithm": {"name": alg, **bad}})
     msg = str(e.value)
     assert word in msg and "\n" not in msg.strip(), msg
+
+
+def test_real_driver_names_the_missing_row_move_for_more_clients_than_ranks():
+    """A real rank keeps the rows of the clients it hosts (client % n_workers); a slot playing a
+    client hosted elsewhere is refused with the reason and the fix, not a key range error."""
+    from harness.backends import loopback_run
+
+    with pytest.raises(Exception, match="hosted by another rank.*use --backend simpy or stacked"):
+        loopback_run.run(_digits("scaffold", "simpy", dtype="float64", n_clients=7, steps=2))

@@ -87,7 +87,7 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.handlers = self.patterns()
         self.all_ids = tuple(range(self.n))
         # keyed state: the rows of the keys this rank hosts (key % n_workers == its worker index)
-        self.store = DictStore(self.n, hosted=lambda k: k % self.n == self.i)
+        self.store = DictStore(self.ctx0.n_clients, hosted=lambda k: k % self.n == self.i)  # keys: the clients
         self.seq: dict = {}  # (member set) -> collectives done over it; ("g", src, dst) -> gossip messages
         self.units, self.pending = 0.0, []  # compute units done (Rate); started collectives
         self.step_hint = 0  # last recorded step, for error messages
