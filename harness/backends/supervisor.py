@@ -210,7 +210,9 @@ def report(info: dict | None, what: str, who: str, grace: float = 0.0) -> bool:
     from harness.backends.liveness import claim, claimed
 
     if not info or not info.get("dir"):
-        if who != "undertaker":
+        # between runs there is nothing to mark; a signal the launcher forwarded (grace > 0) follows
+        # another rank's own error line (e.g. a wrong rank count), so only a direct kill is said
+        if who != "undertaker" and not grace:
             sys.stderr.write(f"harness: error: rank {env_rank()} {what}, between runs\n")
         return True
     directory, rank = Path(info["dir"]), info["rank"]
