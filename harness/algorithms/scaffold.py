@@ -45,7 +45,8 @@ class client_variate(Part):  # noqa: N801
     out: ``s.x = y_i``, ``s.shift = Delta c_i = c_i^+ - c_i``; the row becomes ``c_i^+``."""
 
     def __init__(self, inner, epochs: int, steps: int, option: str):
-        self.train, self.inner, self.epochs, self.steps, self.option = local_train(inner, epochs, steps), inner, epochs, steps, option
+        self.train = local_train(inner, epochs, steps)
+        self.inner, self.epochs, self.steps, self.option = inner, epochs, steps, option
 
     def init(self, ctx, x):
         return torch.zeros_like(x)
