@@ -92,9 +92,10 @@ def _fedopt_numpy(cfg, kind, eta=0.01, b1=0.9, b2=0.99, tau=1e-3):
     return x
 
 
-@pytest.mark.parametrize("kind", FEDOPT)
-def test_fedopt_two_rounds_by_hand(kind):
-    hp = {"server_lr": 0.05, "server_beta1": 0.8, "tau": 0.01}
+@pytest.mark.parametrize("kind,weighted", [(k, False) for k in FEDOPT] + [("fedadam", True)])
+def test_fedopt_two_rounds_by_hand(kind, weighted):
+    # weighted: the quadratic's shards are one row each, so the sample-weighted mean is the mean
+    hp = {"server_lr": 0.05, "server_beta1": 0.8, "tau": 0.01, "weighted": weighted}
     if kind != "fedadagrad":
         hp["server_beta2"] = 0.9
     cfg = _quad(kind, **hp)
