@@ -140,6 +140,25 @@ def select(mask, new, old):
     return tree.map(pick, new, old)
 
 
+def rewrite(gen, fn):
+    """``yield from gen`` with every op it yields passed through ``fn``; what the backend sends
+    or throws in (a ``WorkerFailed``) reaches ``gen`` unchanged. Returns ``gen``'s value."""
+    value, exc = None, None
+    while True:
+        try:
+            op = gen.throw(exc) if exc is not None else gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+        exc = None
+        try:
+            value = yield fn(op)
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as e:  # noqa: BLE001 - forwarded to the part, which decides
+            exc = e
+
+
 class masked(Part):  # noqa: N801
     """Only ``members`` (ids, a mask, or ``fn(ctx, s)`` returning them, e.g. :func:`sampled`)
     take part in ``part``: its ops carry ``members=`` so a non-member neither computes nor
@@ -152,20 +171,16 @@ class masked(Part):  # noqa: N801
         return tensorize(self.part.init(ctx, x), x)
 
     def step(self, ctx, s, state):
-        ids = self.members(ctx, s) if callable(self.members) else self.members
-        inner = self.part.step(ctx, s, state)
-        value = None
-        while True:
-            try:
-                op = inner.send(value)
-            except StopIteration as stop:
-                new_s, new_state = stop.value
-                break
-            if "members" in getattr(op, "__dataclass_fields__", ()) and op.members is None:
-                from dataclasses import replace
+        from dataclasses import replace
 
-                op = replace(op, members=ids)
-            value = yield op
+        ids = self.members(ctx, s) if callable(self.members) else self.members
+
+        def restrict(op):
+            if "members" in getattr(op, "__dataclass_fields__", ()) and op.members is None:
+                return replace(op, members=ids)
+            return op
+
+        new_s, new_state = yield from rewrite(self.part.step(ctx, s, state), restrict)
         mask = ctx.member(ids)
         x = torch.where(mask.unsqueeze(-1), new_s.x, s.x)
         return new_s._replace(x=x), select(mask, tensorize(new_state, s.x), state)
@@ -391,5 +406,5 @@ class metric(Part):  # noqa: N801
         yield  # pragma: no cover
 
 
-__all__ = ["Part", "Step", "local_train", "play", "server_average", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
+__all__ = ["Part", "Step", "local_train", "play", "rewrite", "server_average", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
            "opt_update", "outer", "part", "run", "sampled", "select", "tensorize", "when"]

@@ -180,3 +180,21 @@ def test_one_assembly_gives_ctx_the_parameter_shapes_and_clients():
     assert a.ctx.n_clients == a.ctx.n_workers == 4
     assert sum(s[0] for _, s in a.ctx.params) == a.task.dim and len(a.ctx.params) == len(a.task.segments)
     assert a.params["period"] == 8 and a.sampler is not None and a.topology is None
+
+
+def test_masked_forwards_what_the_backend_throws_in():
+    def inner_step(ctx, s, state):
+        try:
+            yield ops.AllReduce(s.x)
+        except ops.WorkerFailed:
+            return s._replace(x=s.x + 1), state
+        return s, state
+
+    p = parts.masked(parts.part(inner_step), (0, 1))
+    ctx = Ctx(2, 1, 0, index=torch.tensor(0))
+    gen = p.step(ctx, parts.Step(t=0, x=torch.zeros(2)), ())
+    op = next(gen)
+    assert op.members == (0, 1)
+    with pytest.raises(StopIteration) as stop:
+        gen.throw(ops.WorkerFailed(1, 0.5))
+    assert torch.equal(stop.value.value[0].x, torch.ones(2))
