@@ -238,6 +238,7 @@ def _load_builtin():
     try:
         from harness.algorithms import (async_easgd, async_local_sgd, async_sgd, diloco, dppf, dpsgd, easgd,  # noqa: F401
                                         fedavg, grawa, local_sgd, lsgd, palsgd, post_local_sgd, qsr, sync_sgd)
+        from harness.algorithms import fedasync, fedbuff, fedfix  # noqa: F401  (issue 22: server roles)
         from harness.algorithms import fedopt, scaffold  # noqa: F401 (issue 22: SCAFFOLD, FedAdam/FedYogi/FedAdagrad)
         _LOADED = True
     finally:
