@@ -110,6 +110,7 @@ class LossWatch:
         self.factor = factor
         self.first = [math.nan] * n  # scalar path (SimPy, real ranks)
         self.first_t: torch.Tensor | None = None  # [n] float64, vector path (stacked)
+        self._idx: dict[tuple, torch.Tensor] = {}
 
     def bad(self, workers: list[int], loss: torch.Tensor, skip=()) -> tuple[int, float | None] | None:
         """``(j, first)``: the first bad entry of ``loss`` (``[k]``, for ``workers``) and the
@@ -123,7 +124,10 @@ class LossWatch:
         if self.factor is not None:
             if self.first_t is None:
                 self.first_t = torch.full((len(self.first),), math.nan, dtype=torch.float64, device=loss.device)
-            idx = torch.tensor(workers, device=loss.device)
+            key = tuple(workers)
+            idx = self._idx.get(key)
+            if idx is None:  # the same worker lists come back every step: index tensors made once
+                idx = self._idx[key] = torch.tensor(workers, device=loss.device)
             ref, v = self.first_t[idx], loss.detach().to(torch.float64)
             bad = bad | (v > self.factor * ref)
             new = torch.isnan(ref) & ok & (v != 0) if live is None else torch.isnan(ref) & ok & (v != 0) & live
