@@ -1,6 +1,7 @@
 """``harness``: run experiments, report on them, inspect topologies.
 
     harness run CONFIG [--backend simpy|stacked|mpi|torch] [--out DIR] [--set key=value ...]
+    harness run CONFIG --list | --print-config | --only 1,3        (runs numbered from 1)
     mpiexec -n 4 harness run CONFIG --backend mpi          (real backends: docs/real-backends.md)
     torchrun --nproc-per-node 4 --no-python harness run CONFIG --backend torch
     harness report DIR [--target 0.9] [--out DIR/report]
@@ -11,21 +12,39 @@
     harness slurm submit CONFIG [--partition P --time T | --backend mpi|torch --nodes N ...] [--dry-run]
 
 Every user mistake ends with one line ``harness: error: ...`` and exit status 2 (argparse's
-usage errors included), before anything is run or written. ``--help`` of every command shows
-each option's default and examples (plain text: help strings carry no docstring markup).
+usage errors included, with "did you mean" for a misspelt choice), before anything is run or
+written. ``--help`` of every command shows each option's default and examples (plain text:
+help strings carry no docstring markup). ``--help`` and ``--version`` import neither torch nor
+pandas (issue [27]: < 0.5 s): this module imports only light modules at its top, and the
+config and results packages are imported by the commands that need them.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 import time
 from pathlib import Path
 
-from harness.config import BACKENDS, ConfigError
+from harness.capabilities import SELECTABLE as BACKENDS
 
 
-class _UsageError(ConfigError):
-    """A command-line mistake found by argparse (unknown option, bad choice, missing argument)."""
+def _config_error(message: str) -> Exception:
+    from harness.config import ConfigError
+
+    return ConfigError(message)
+
+
+class _UsageError(ValueError):
+    """A command-line mistake found by argparse (unknown option, bad choice, missing argument).
+    A ``ValueError`` like ``ConfigError``, so every command's handler prints it as one line."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """``"; did you mean 'stacked'?"`` for a close match among ``choices``, else ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +57,9 @@ class _Parser(argparse.ArgumentParser):
             "required: COMMAND", f"required: command ({', '.join(cmds)})")
         if message.startswith("argument "):  # "argument --backend: invalid choice ..." -> "--backend: ..."
             message = message[len("argument "):]
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            message += did_you_mean(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)))
         arg_names = {"config": "CONFIG", "dir": "DIR"}
         for name, shown in arg_names.items():
             message = message.replace(f"required: {name}", f"required: {shown}")
@@ -98,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                 "harness run presets/demo.yaml --out runs/demo",
                 "harness run presets/demo.yaml --backend stacked --set steps=100 --set grid.seed=[0,1,2]",
                 "harness run presets/demo.yaml --set cases.2.algorithm.period=16 --list",
+                "harness run presets/demo.yaml --only 1,3 --print-config   # runs 1 and 3 as resolved, nothing run",
                 "mpiexec -n 4 harness run my.yaml --backend mpi    (docs/real-backends.md)")
     r.add_argument("config", metavar="CONFIG", help="YAML experiment file, e.g. presets/demo.yaml")
     r.add_argument("--backend", choices=BACKENDS, help="override the config's backend (default: the config's, "
@@ -108,10 +131,18 @@ def _parser() -> argparse.ArgumentParser:
                    "cases.N.KEY=VALUE sets it in case N only (1 = the first case; wins over a plain --set of the same key), "
                    "grid.KEY=[v1,v2] sets a "
                    "grid axis (default: none)")
-    r.add_argument("--only", metavar="I,J,...", help="run only these expanded runs (0-based indices as --list numbers them, comma "
-                   "separated; default: all)")
-    r.add_argument("--list", action="store_true", help="list the expanded runs and exit")
+    r.add_argument("--only", metavar="I,J,...", help="run only these expanded runs, numbered from 1 as --list shows "
+                   "them (like cases.N), comma separated; default: all")
+    r.add_argument("--list", action="store_true", help="list the expanded runs, numbered from 1, and exit")
+    r.add_argument("--print-config", action="store_true",
+                   help="print each selected run's resolved config as YAML (every default filled in) and exit")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished in DIR")
+    changed = r.add_mutually_exclusive_group()
+    changed.add_argument("--rerun-changed", action="store_true",
+                         help="re-run finished runs whose code (algorithm, task, plugin, op or backend files) changed "
+                         "since; without it or --keep-changed such runs stop the command with one line")
+    changed.add_argument("--keep-changed", action="store_true",
+                         help="keep finished runs whose code changed since, as they are")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--save-params", action="store_true",
                    help="also write each run's final parameters to DIR/<run_id>/final_params.pt")
@@ -139,26 +170,57 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def select(runs: list, only: str | None) -> list:
+    """The runs ``--only I,J`` picks, numbered from 1 as ``--list`` shows them (and as
+    ``cases.N`` counts); one line for 0, a number out of range, or text."""
+    if only is None:
+        return runs
+    try:
+        picked = [int(s) for s in only.split(",")]
+    except ValueError:
+        picked = None
+    if picked is not None and 0 in picked:
+        raise _config_error(f"--only {only}: runs are numbered from 1 (as --list shows them, like cases.N); "
+                            f"the first run is --only 1")
+    if picked is None or not all(1 <= i <= len(runs) for i in picked):
+        raise _config_error(f"--only {only}: expected run numbers in 1..{len(runs)} (as --list shows them), "
+                            "comma separated")
+    return [runs[i - 1] for i in picked]
+
+
+def print_configs(runs: list, numbers: dict[str, int]) -> None:
+    """The resolved configs as YAML documents, each headed by its number (as ``--list``) and run id."""
+    import json
+
+    import yaml
+
+    for k, cfg in enumerate(runs, 1):
+        doc = json.loads(json.dumps(cfg.model_dump(), default=str))
+        print(f"# run {numbers[cfg.run_id]}: {cfg.run_id}\n" + yaml.safe_dump(doc, sort_keys=False),
+              end="---\n" if k < len(runs) else "")
+
+
 def cmd_run(a) -> int:
-    from harness import config
+    from harness import codeid, config
     from harness.experiment import run_to_dir
 
     sets = list(a.sets) + ([f"backend={a.backend}"] if a.backend else [])
     runs = config.load(a.config, sets)
-    if a.only is not None:
-        try:
-            picked = [int(s) for s in a.only.split(",")]
-            if any(i < 0 for i in picked):
-                raise IndexError
-            runs = [runs[i] for i in picked]
-        except (ValueError, IndexError):
-            raise ConfigError(f"--only {a.only}: expected indices in 0..{len(runs) - 1}, comma separated") from None
+    numbers = {cfg.run_id: i for i, cfg in enumerate(runs, 1)}
+    runs = select(runs, a.only)
     out = Path(a.out or Path("runs") / runs[0].name)
     _check_out(out, "--out" if a.out else "name")  # --list checks it too: it validates the whole command
-    if a.list:
-        for i, cfg in enumerate(runs if _is_root() else []):
-            print(f"{i:4d}  {cfg.run_id}")
+    if a.print_config:
+        if _is_root():
+            print_configs(runs, numbers)
         return 0
+    if a.list:
+        for cfg in runs if _is_root() else []:
+            print(f"{numbers[cfg.run_id]:4d}  {cfg.run_id}")
+        return 0
+    policy = "rerun" if a.rerun_changed else "keep" if a.keep_changed else "refuse"
+    note = (lambda line: print(line, file=sys.stderr, flush=True)) if _is_root() else (lambda line: None)
+    rerun = set() if a.force else codeid.check_runs(runs, out, policy, note=note)  # [issue 27] before any run
     root = _is_root()  # real backends: every rank runs this loop; only rank 0 prints
     t0 = time.perf_counter()
     diverged = []  # [issue 14] runs that diverged, now or before: the sweep goes on, exit status 1
@@ -175,7 +237,8 @@ def cmd_run(a) -> int:
             overall.update(k, row["step"], steps, row["time_s"])
         t1 = time.perf_counter()
         try:
-            run_dir, ran = run_to_dir(cfg, out, on_eval=on_eval, force=a.force, save_params=a.save_params)
+            run_dir, ran = run_to_dir(cfg, out, on_eval=on_eval, force=a.force or cfg.run_id in rerun,
+                                      save_params=a.save_params)
         except BaseException:
             overall.close()
             raise
@@ -205,12 +268,12 @@ def cmd_run(a) -> int:
 def _check_out(out: Path, field: str, existing: str = "one written by harness run") -> None:
     """The output directory can be (or already is) a directory: one line before any run."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"{field}: {str(out)!r} is a file, not a directory; give --out a directory "
+        raise _config_error(f"{field}: {str(out)!r} is a file, not a directory; give --out a directory "
                           f"(new or {existing})")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"{field}: {str(parent)!r} is a file, so {str(out)!r} cannot be a directory; "
+                raise _config_error(f"{field}: {str(parent)!r} is a file, so {str(out)!r} cannot be a directory; "
                                   "give --out another path")
             break
 
@@ -277,11 +340,11 @@ def cmd_report(a) -> int:
     if not Path(a.dir).is_dir():
         what = ("is a file, not a directory" if Path(a.dir).exists() else "a broken or looping symbolic link"
                 if Path(a.dir).is_symlink() else "no such directory")
-        raise ConfigError(f"DIR: {str(a.dir)!r}: {what}; give a directory of runs "
+        raise _config_error(f"DIR: {str(a.dir)!r}: {what}; give a directory of runs "
                           f"(harness run CONFIG --out {a.dir} writes one)")
     target = a.target
     if target is not None and not 0 < target <= 1:
-        raise ConfigError(f"--target: expected a test accuracy in (0, 1], got {target}")
+        raise _config_error(f"--target: expected a test accuracy in (0, 1], got {target}")
     _check_out(Path(a.out or Path(a.dir) / "report"), "--out", "an earlier report")
     try:
         if target is None:
@@ -290,7 +353,7 @@ def cmd_report(a) -> int:
             target = float(df[col].dropna().iloc[0]) if col in df and df[col].notna().any() else 0.9
         path = write_report(a.dir, target_acc=target, out=a.out)
     except results.ResultsError as e:
-        raise ConfigError(f"DIR: {e}") from None
+        raise _config_error(f"DIR: {e}") from None
     print(f"report written to {path}")
     return 0
 
@@ -320,15 +383,18 @@ def main(argv: list[str] | None = None) -> int:
         from harness.slurm import main as slurm_main
 
         return slurm_main(argv[1:], sweep_mode=argv[0] == "sweep")
-    from results.errors import ResultsError
-
     try:
         try:
             a = _parser().parse_args(argv)
         except SystemExit as e:  # --help, --version: printed; mistakes raise _UsageError instead
             return int(e.code or 0)
-        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[a.cmd](a)
-    except (ConfigError, ValueError, OSError, ResultsError) as e:
+        from results.errors import ResultsError  # after parsing: --help and --version stay light
+
+        try:
+            return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[a.cmd](a)
+        except ResultsError as e:
+            raise _config_error(str(e)) from None
+    except (ValueError, OSError) as e:  # ConfigError is a ValueError
         if _is_root():  # under a parallel launcher every rank fails alike; say it once
             print(f"harness: error: {' '.join(os_error_line(e).split())}", file=sys.stderr)
         return 2

@@ -134,6 +134,47 @@ def _non_finite(v: Any, key: str) -> tuple[str, float] | None:
 
 def resolve(raw: dict) -> RunConfig:
     """Validate one run's config and fill in every default (algorithm and task included)."""
+    try:
+        return _resolve(raw)
+    except ConfigError as e:
+        raise ConfigError(suggest(str(e), raw)) from None
+
+
+def _topology_names() -> list[str]:
+    import topologies
+
+    return list(topologies.NAMES)
+
+
+_NAMED = {"algorithm.name": lambda: algorithms.ALGORITHMS, "task.name": lambda: tasks.TASKS,
+          "topology.name": _topology_names, "backend": lambda: BACKENDS}
+
+
+def suggest(line: str, raw: dict) -> str:
+    """[issue 27] Did-you-mean for a misspelt algorithm, task, topology or backend name: the
+    one-line error about that field gets the closest registered name (``difflib``), if any."""
+    import difflib
+
+    field = next((f for f in _NAMED if line.startswith(f + ":")), None)
+    if field is None or not isinstance(raw, dict):
+        return line
+    top, _, sub = field.partition(".")
+    word = raw.get(top)
+    if sub and isinstance(word, dict):
+        word = word.get("name")
+    if not isinstance(word, str):
+        return line
+    close = difflib.get_close_matches(word, [str(c) for c in _NAMED[field]()], n=1, cutoff=0.6)
+    if not close or close[0] == word:
+        return line
+    hint, at = f"did you mean {close[0]!r}?", line.find(repr(word))
+    if at >= 0:
+        at += len(repr(word))
+        return f"{line[:at]} ({hint}){line[at:]}"
+    return f"{field}: {hint} {line[len(field) + 1:].lstrip()}"
+
+
+def _resolve(raw: dict) -> RunConfig:
     bad = _non_finite(raw, "")
     if bad:  # no field takes NaN or infinity (YAML .nan, .inf); before cross-field checks that would blame another
         raise ConfigError(f"{bad[0]}: expected a finite number, got {bad[1]!r}")

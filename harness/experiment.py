@@ -19,7 +19,7 @@ from harness.capabilities import REAL
 from harness.config import RunConfig
 from harness.recording import Diverged, Recorder, divergence_line
 from harness.tasks import Sampler
-from harness.runinfo import meta_columns, run_status, versions  # noqa: F401 (re-exported)
+from harness.runinfo import code_record, meta_columns, run_status, versions  # noqa: F401 (re-exported)
 from results.store import METRICS, RUN_JSON, write_json, write_table
 
 
@@ -108,7 +108,7 @@ def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,
 
 def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
     record = {"run_id": cfg.run_id, "status": "running", "error": None, "config": cfg.model_dump(),
-              "versions": versions(), "started": _now(), "finished": None}
+              "versions": versions(), "code": code_record(cfg), "started": _now(), "finished": None}
     write_json(record, run_dir / RUN_JSON)
     t0, times = time.perf_counter(), {}
     try:

@@ -26,11 +26,12 @@ def versions() -> dict:
     except ImportError:
         simpy_v = None
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-            "pandas": pandas.__version__, "simpy": simpy_v, "harness": _harness_version(),
+            "pandas": pandas.__version__, "simpy": simpy_v, "harness": harness_version(),
             "platform": platform.platform(), "host": socket.gethostname()}
 
 
-def _harness_version() -> str:
+def harness_version() -> str:
+    """The installed package's version, or ``dev`` (a checkout that was never installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -55,4 +56,15 @@ def run_status(run_dir: Path) -> str | None:
         return None
 
 
-__all__ = ["meta_columns", "run_status", "versions"]
+_harness_version = harness_version  # the old private name
+
+
+def code_record(cfg) -> dict:
+    """``run.json``'s ``code`` entry (issue [27]): version, git commit and dirty flag (None when
+    not a checkout), and the hashes of the files that define the run (:mod:`harness.codeid`)."""
+    from harness import codeid
+
+    return codeid.record(cfg)
+
+
+__all__ = ["code_record", "harness_version", "meta_columns", "run_status", "versions"]

@@ -266,7 +266,8 @@ def bad_structure(draw):
                 config=set_dotted(BASE, "algorithm.name", draw(st.sampled_from(["sync_sgd", "local_sgd", "easgd"]))))
 
 
-OPTIONS = ("--backend", "--out", "--set", "--only", "--list", "--force", "--quiet", "--save-params", "--help")
+OPTIONS = ("--backend", "--out", "--set", "--only", "--list", "--force", "--quiet", "--save-params", "--help",
+           "--print-config", "--rerun-changed", "--keep-changed")
 
 
 @st.composite
@@ -276,9 +277,9 @@ def bad_option(draw):
         return Case("--backend", config=BASE, expect=("--backend",),
                     args=["--backend", draw(TEXT.filter(lambda s: s not in BACKENDS and not s.startswith("-")))])
     if kind == "only":
-        only = draw(st.one_of(st.integers().filter(lambda i: i != 0).map(str), TEXT, st.just("0,1"), st.just("0,")))
-        try:
-            if all(int(p) == 0 for p in only.split(",")):
+        only = draw(st.one_of(st.integers().filter(lambda i: i != 1).map(str), TEXT, st.just("0,1"), st.just("0,")))
+        try:  # runs are numbered from 1 (issue 27)
+            if all(int(p) == 1 for p in only.split(",")):
                 only = "5"  # a valid selection of the one run: make it out of range
         except ValueError:
             pass

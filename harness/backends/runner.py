@@ -66,7 +66,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     from harness.backends.heartbeat import Heartbeat
     from harness.backends.launch import op_timeout_s, save_params as write_params
     from harness.config import ConfigError
-    from harness.runinfo import run_status, versions
+    from harness.runinfo import code_record, run_status, versions
     from results.store import METRICS, RUN_JSON, write_json, write_table
     from harness import claims
 
@@ -102,7 +102,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         raise SystemExit(2)
 
     record = {"run_id": cfg.run_id, "status": "running", "error": None, "config": cfg.model_dump(),
-              "versions": versions(), "started": _now(), "finished": None, "world_size": tr.size,
+              "versions": versions(), "code": code_record(cfg), "started": _now(), "finished": None, "world_size": tr.size,
               "transport": tr.describe() if hasattr(tr, "describe") else tr.name}
     if root:
         write_json(record, run_dir / RUN_JSON)
