@@ -151,3 +151,28 @@ def test_backends_that_cannot_run_them_are_refused_when_the_config_is_read():
         cfg("fedbuff", local_steps=0)
     with pytest.raises(ConfigError, match="algorithm.alpha"):
         cfg("fedasync", alpha=1.5)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_fedfix_and_fedasync_under_mpiexec(tmp_path):
+    """The real MPI transport: FedFix's receive with a deadline (Iprobe) and FedAsync's arrivals."""
+    import pandas as pd
+    import yaml
+
+    from tests.test_real_backends import launch
+
+    base = {"n_workers": 3, "n_clients": 6, "steps": 4, "eval_every": 2, "seed": 1,
+            "task": {"name": "quadratic", "dim": 4, "layers": 1, "dtype": "float64"}}
+    cases = [{"algorithm": {"name": "fedfix", "period_s": 0.05, "local_epochs": 0, "local_steps": 2}},
+             {"algorithm": {"name": "fedasync", "local_epochs": 0, "local_steps": 2}}]
+    path = tmp_path / "fed.yaml"
+    path.write_text(yaml.safe_dump({**base, "cases": cases}))
+    proc = launch("mpi", path, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = [pd.read_parquet(p) for p in sorted((tmp_path / "out").glob("*/metrics.parquet"))]
+    assert len(runs) == 2
+    for df in runs:
+        assert set(df[df.event == "eval"].step) == {0, 2, 4} and (df[df.event == "update"].staleness >= 0).all()
+    fix = next(d for d in runs if d["cfg.algorithm.name" if "cfg.algorithm.name" in d else "algorithm"].iloc[0] == "fedfix")
+    assert fix[fix.event == "eval"].time_s.max() >= 4 * 0.05  # four rounds of 50 ms on the wall clock
