@@ -1,7 +1,8 @@
 """``harness slurm submit`` and ``harness sweep``: run a config's grid on SLURM or locally.
 
 * Sweeps of simulations become ONE job array (``slurm/array.sbatch``): array task ``i`` runs
-  the config's ``i``-th expanded run (``harness run CONFIG --only i``), at most
+  the config's run number ``i`` (``harness run CONFIG --only i``; numbered from 1 as ``--list``
+  shows them, so array task ids start at 1), at most
   ``--max-concurrent`` at once. Runs already finished in ``--out`` are left out of the array,
   so re-submitting the same command only runs what is missing; a requeued task re-runs its
   point from the start and replaces its results atomically (no duplicated or lost rows).
@@ -75,11 +76,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def pending(runs, out: Path) -> list[int]:
-    """Indices of the runs that have not finished in ``out``."""
+    """Numbers (from 1, as ``harness run --only`` takes them) of the runs not finished in ``out``."""
     from harness.runinfo import run_status
 
     # a diverged run has its complete table: running it again would diverge again
-    return [i for i, cfg in enumerate(runs) if run_status(out / cfg.run_id) not in ("finished", "diverged")]
+    return [i for i, cfg in enumerate(runs, 1) if run_status(out / cfg.run_id) not in ("finished", "diverged")]
 
 
 def compress(ix: list[int]) -> str:
@@ -139,7 +140,7 @@ def script_for(a, runs, todo: list[int], out: Path) -> tuple[str, str]:
                   harness=f"{shlex.quote(sys.executable)} -m harness.cli", config=shlex.quote(paths["--config"]),
                   out=shlex.quote(paths["--out"]), sets="".join(f" --set {shlex.quote(s)}" for s in sets))
     if a.backend in capabilities.REAL:
-        ranks = max(cfg.n_workers + (1 if _has_server(cfg) else 0) for cfg in (runs[i] for i in todo))
+        ranks = max(cfg.n_workers + (1 if _has_server(cfg) else 0) for cfg in (runs[i - 1] for i in todo))
         per_node = a.ntasks_per_node or -(-ranks // a.nodes)
         if per_node * a.nodes != ranks:
             raise SlurmError(f"--nodes {a.nodes} x --ntasks-per-node {per_node} = {per_node * a.nodes} ranks, "
