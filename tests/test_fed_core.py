@@ -150,14 +150,19 @@ def test_every_preset_loads(path):
     assert load(path)
 
 
+def _peers(cfgs):
+    """The preset's runs of the peers' FedAvg (other cases may follow it)."""
+    return [c for c in cfgs if c.algorithm["name"] == "fedavg" and c.algorithm["weighted"]
+            and (c.algorithm["local_epochs"], c.algorithm["lr"], c.algorithm["sampling"]) == (2, 0.05, "uniform")]
+
+
 def test_fedavg_preset_is_the_peers_workload():
-    cfgs = load(ROOT / "presets" / "fedavg-digits.yaml")
-    fed = [c for c in cfgs if c.algorithm["name"] == "fedavg"]  # other cases may be appended
+    fed = _peers(load(ROOT / "presets" / "fedavg-digits.yaml"))
     assert sorted(c.seed for c in fed) == [0, 1, 2]
     c = fed[0]
     assert (c.n_clients, c.n_workers, c.steps, c.eval_every, c.backend) == (100, 20, 100, 10, "stacked")
     assert c.task["split"] == "stratified" and c.task["hidden"] == [64] and c.task["batch_size"] == 8
-    assert (c.algorithm["local_epochs"], c.algorithm["lr"], c.algorithm["weighted"]) == (2, 0.05, True)
+    assert c.task.get("partition", "iid") == "iid" and c.task.get("test_fraction", 0.2) == 0.2
     backend, x0 = build(c)
     assert x0.numel() == 4810 and {len(s) for s in backend.run.task.shards} == {14, 15}
 
@@ -168,7 +173,8 @@ def test_fedavg_preset_reaches_the_peers_accuracy_and_run_json_times(tmp_path):
     from harness.cli import main
 
     preset, out = ROOT / "presets" / "fedavg-digits.yaml", tmp_path / "runs"
-    first = next(i for i, c in enumerate(load(preset), 1) if c.algorithm["name"] == "fedavg" and c.seed == 0)
+    cfgs = load(preset)
+    first = next(i for i, c in enumerate(cfgs, 1) if c in _peers(cfgs) and c.seed == 0)
     assert main(["run", str(preset), "--out", str(out), "--quiet", "--only", str(first)]) == 0
     (run,) = out.glob("*/")
     df = pd.read_parquet(run / "metrics.parquet")
