@@ -28,9 +28,10 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--methods", nargs="*", default=None, help="only these (default: every lock-step built-in)")
     a = ap.parse_args()
     algorithms.get("sync_sgd")
-    names = sorted(n for n, fn in algorithms.ALGORITHMS.items() if not fn.has_server and not n.startswith("_"))
+    names = a.methods or sorted(n for n, fn in algorithms.ALGORITHMS.items() if not fn.has_server and not n.startswith("_"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
           f"{a.workers} workers, {a.steps} steps, median of {a.reps}")
     print(f"{'method':16s} {'wall_s':>8s}")

@@ -109,8 +109,7 @@ class LossWatch:
     def __init__(self, n: int, factor: float | None):
         self.factor = factor
         self.first = [math.nan] * n  # scalar path (SimPy, real ranks)
-        self.first_t: torch.Tensor | None = None  # [n] float64, vector path (stacked)
-        self._idx: dict[tuple, torch.Tensor] = {}
+        self.first_t: np.ndarray | None = None  # [n] float64, vector path (stacked)
 
     def bad(self, workers: list[int], loss: torch.Tensor, skip=()) -> tuple[int, float | None] | None:
         """``(j, first)``: the first bad entry of ``loss`` (``[k]``, for ``workers``) and the
@@ -118,26 +117,27 @@ class LossWatch:
         ``skip`` are not looked at. One read-back per call."""
         if loss.numel() == 1:
             return self.bad_one(workers[0], float(loss.reshape(-1)[0]), skip)
-        ok = torch.isfinite(loss)
+        # one read-back, then numpy on k numbers: a dozen small torch ops per step cost ~15 % of a
+        # stacked digits run (benchmarks/stacked_methods.py)
+        v = loss.detach().to(torch.float64).cpu().numpy().reshape(-1)
+        ok = np.isfinite(v)
         bad = ~ok
-        live = None if not skip else torch.tensor([w not in skip for w in workers], device=loss.device)
+        live = None if not skip else np.array([w not in skip for w in workers])
         if self.factor is not None:
             if self.first_t is None:
-                self.first_t = torch.full((len(self.first),), math.nan, dtype=torch.float64, device=loss.device)
-            key = tuple(workers)
-            idx = self._idx.get(key)
-            if idx is None:  # the same worker lists come back every step: index tensors made once
-                idx = self._idx[key] = torch.tensor(workers, device=loss.device)
-            ref, v = self.first_t[idx], loss.detach().to(torch.float64)
-            bad = bad | (v > self.factor * ref)
-            new = torch.isnan(ref) & ok & (v != 0) if live is None else torch.isnan(ref) & ok & (v != 0) & live
-            self.first_t[idx] = torch.where(new, v.abs(), ref)
+                self.first_t = np.full(len(self.first), np.nan)
+            idx = np.asarray(workers)
+            ref = self.first_t[idx]
+            with np.errstate(invalid="ignore"):
+                bad |= v > self.factor * ref
+            new = np.isnan(ref) & ok & (v != 0) if live is None else np.isnan(ref) & ok & (v != 0) & live
+            self.first_t[idx] = np.where(new, np.abs(v), ref)
         if live is not None:
-            bad = bad & live
-        if not bool(bad.any()):
+            bad &= live
+        if not bad.any():
             return None
-        j = int(torch.nonzero(bad).flatten()[0])
-        return j, (None if not bool(ok[j]) else float(self.first_t[workers[j]]))
+        j = int(np.flatnonzero(bad)[0])
+        return j, (None if not ok[j] else float(self.first_t[workers[j]]))
 
     def bad_one(self, w: int, v: float, skip=()) -> tuple[int, float | None] | None:
         """:meth:`bad` for one worker's loss ``v`` as a number (no tensor ops: SimPy and the
