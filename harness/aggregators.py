@@ -128,11 +128,17 @@ class TrimmedMean(Aggregator):
         return fold(list(s[self.b:m - self.b])) / (m - 2 * self.b)
 
 
+_BUILT: dict = {}  # spec text -> aggregator (aggregators are immutable; an AllReduce is made every step)
+
+
 def parse(spec) -> Aggregator:
     """An aggregator from ``reduce=`` (a name, ``name:args``, or an :class:`Aggregator`). Raises
     ValueError with one line naming the known ones."""
     if isinstance(spec, Aggregator):
         return spec
+    hit = _BUILT.get(spec) if isinstance(spec, str) else None
+    if hit is not None and type(hit) is AGGREGATORS.get(spec.split(":")[0]):
+        return hit
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"reduce: expected an aggregator name such as 'mean' or 'median', got {spec!r}")
     name, *args = spec.split(":")
@@ -142,6 +148,7 @@ def parse(spec) -> Aggregator:
                          "(a user's one registers with harness.aggregators.register)")
     agg = cls(*args)
     agg.spec = spec
+    _BUILT[spec] = agg
     return agg
 
 

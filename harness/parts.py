@@ -249,22 +249,33 @@ class opt_update(Part):  # noqa: N801
     is this part's state. :func:`apply` takes the step."""
 
     def __init__(self, opt):
-        self.opt = opt
+        self.opt, self._built = opt, {}
+
+    def built(self, steps):
+        b = self._built.get(steps)  # hashing the spec every step costs more than the update itself
+        if b is None:
+            b = self._built[steps] = _built(self.opt, steps)
+        return b
 
     def init(self, ctx, x):
-        return _built(self.opt, ctx.steps).transform.init(x)
+        return self.built(ctx.steps).transform.init(x)
 
     def step(self, ctx, s, state):
-        tr, lr_at = _built(self.opt, ctx.steps)
+        tr, lr_at = self.built(ctx.steps)
         u, state = tr.update(s.grad, state, s.x)
         return s._replace(update=u, lr=lr_at(s.t)), state
         yield  # pragma: no cover
 
 
-@part
-def apply(ctx, s, state):
+class _Apply(Part):
     """``x <- x + lr * update``."""
-    return s._replace(x=s.x + s.lr * s.update), state
+
+    def step(self, ctx, s, state):
+        return s._replace(x=s.x + s.lr * s.update), state
+        yield  # pragma: no cover
+
+
+apply = _Apply()
 
 
 def local_step(opt) -> Part:

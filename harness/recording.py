@@ -126,12 +126,18 @@ class LossWatch:
         if self.factor is not None:
             if self.first_t is None:
                 self.first_t = np.full(len(self.first), np.nan)
-            idx = np.asarray(workers)
-            ref = self.first_t[idx]
-            with np.errstate(invalid="ignore"):
-                bad |= v > self.factor * ref
-            new = np.isnan(ref) & ok & (v != 0) if live is None else np.isnan(ref) & ok & (v != 0) & live
-            self.first_t[idx] = np.where(new, np.abs(v), ref)
+                self.limit = np.full(len(self.first), np.inf)  # factor x first loss; inf until there is one
+                self._idx = {}
+            key = tuple(workers)
+            idx = self._idx.get(key)
+            if idx is None:
+                idx = self._idx[key] = np.asarray(workers)
+            bad |= v > self.limit[idx]  # NaN > x is False: non-finite losses are bad through ~ok
+            unset = np.isnan(self.first_t[idx])
+            if unset.any():  # only until every worker has its first loss
+                new = unset & ok & (v != 0) if live is None else unset & ok & (v != 0) & live
+                self.first_t[idx[new]] = np.abs(v[new])
+                self.limit[idx[new]] = self.factor * np.abs(v[new])
         if live is not None:
             bad &= live
         if not bad.any():

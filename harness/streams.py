@@ -41,12 +41,12 @@ class PerId:
         return self.n
 
     def __getitem__(self, i):
-        i = int(i)
-        g = self.made.get(i)
+        g = self.made.get(i)  # the hot path: an int id seen before
         if g is None:
+            i = int(i)
             if not 0 <= i < self.n:
                 raise IndexError(f"stream {i} of {self.n}")
-            g = self.made[i] = self.make(i)
+            g = self.made[i] = self.made.get(i) or self.make(i)
         return g
 
 

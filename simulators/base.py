@@ -103,7 +103,10 @@ class Simulator:
     def batches(self, op: ops.Grad, ids) -> list[torch.Tensor]:
         """Minibatch indices of workers ``ids`` for ``op`` (own shard, or ``op.part``: an
         int, or a ``[]``/``[n]`` tensor of parts; a slot playing a client: the client's)."""
-        return [self.run.sampler.for_op(op, i, self.playing.get(i)) for i in ids]
+        s = self.run.sampler
+        if op.part is None and op.epoch is None and not self.playing:  # the common case, every step
+            return [s.worker(i, op.batches) for i in ids]
+        return [s.for_op(op, i, self.playing.get(i)) for i in ids]
 
     def start(self, x0: torch.Tensor):
         """Record the initial model (step 0) before any op."""
