@@ -71,10 +71,24 @@ def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None):
     except Diverged as e:
         e.frame = rec.frame()
         raise
+    except SystemExit as e:  # [issue 21] an algorithm's sys.exit must not end harness with its status
+        raise ValueError(exit_message(e)) from None  # one line from the CLI, run.json failed
     finally:
         if times is not None:
             times.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1)
     return rec.frame(), final, rec.diverged
+
+
+def exit_message(e: SystemExit) -> str:
+    """One line for an algorithm (or task) that called ``sys.exit`` during a run: where, and the fix."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    ours = ("/harness/", "/simulators/", "site-packages", "/lib/python")
+    where = next((f" at {Path(f.filename).name} line {f.lineno}" for f in reversed(frames)
+                  if not any(o in f.filename for o in ours)), "")
+    return (f"algorithm: it called sys.exit({e.code!r}){where} during the run; an algorithm returns its "
+            "model or raises an exception, it never exits the process")
 
 
 def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,

@@ -137,6 +137,10 @@ class RankDriver(CommHandlers, DivergenceChecks):
             except StopIteration as stop:
                 final = stop.value
                 break
+            except SystemExit as e:  # [issue 21] a rank's failure with a line, never a silent exit status
+                from harness.experiment import exit_message
+
+                raise RuntimeError(exit_message(e)) from None
             t = self.clock.now()
             self.ctr.compute_s += t - self.mark  # the algorithm's own maths
             self.mark = t
