@@ -18,7 +18,7 @@ from harness import claims
 from harness.capabilities import REAL
 from harness.config import RunConfig
 from harness.recording import Diverged, Recorder, divergence_line
-from harness.tasks import Sampler
+from harness.tasks import Sampler, TaskDataError
 from harness.runinfo import code_record, meta_columns, run_status, versions  # noqa: F401 (re-exported)
 from results.store import METRICS, RUN_JSON, write_json, write_table
 
@@ -109,6 +109,7 @@ def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,
     run_dir = Path(out) / cfg.run_id
     if not force and claims.is_done(run_dir):
         return run_dir, False
+    fresh = [d for d in (run_dir, Path(out)) if not d.exists()]  # what this call will create
     claim = claims.acquire(run_dir, cfg.run_id)
     if claim is None:  # another process is running it
         return run_dir, False
@@ -116,6 +117,16 @@ def run_to_dir(cfg: RunConfig, out: Path, on_eval=None, force: bool = False,
         if not force and claims.is_done(run_dir):  # finished by another process meanwhile
             return run_dir, False
         return _run(cfg, run_dir, on_eval, save_params), True
+    except TaskDataError:
+        # bad input (a missing or malformed data set), said in one line before anything ran: a run
+        # directory this call made holds nothing worth keeping (issues [21], [27])
+        claim.release()
+        import shutil
+
+        for d in fresh:
+            if d == run_dir or not any(d.iterdir()):
+                shutil.rmtree(d, ignore_errors=True)
+        raise
     finally:
         claim.release()
 

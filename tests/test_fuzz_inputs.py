@@ -11,7 +11,9 @@ every level, the same through ``--set``, broken YAML (in the file and in ``--set
 since issue [21] also ``harness slurm submit`` values (injection through control characters,
 counts, SLURM formats), YAML aliases (recursive, exploding) and YAML 1.1-only scalars (base 60),
 environment variables, plugins that exit or hang, and options a run would ignore (compute
-params, ``network.intra`` without nodes).
+params, ``network.intra`` without nodes); and data files damaged in every way (CIFAR-10 batches
+with float or out-of-range pixels, bad labels, wrong shapes, truncated or garbage pickles, missing
+or unreadable files; text files that are not UTF-8, too short, missing or a directory).
 The CLI runs in-process (``harness.cli.main``), half of the examples with ``--list`` and half as
 real runs into ``--out``, which must not exist afterwards.
 """
@@ -67,6 +69,7 @@ class Case:
     files: dict = field(default_factory=dict)
     command: str = "run"  # run, report, slurm (slurm submit --dry-run)
     env: dict = field(default_factory=dict)  # environment variables set for the call
+    data: tuple | None = None  # a damaged data set to write first (see write_data)
 
 
 # -- values that are wrong for a field of a given kind ------------------------------------------------------
@@ -329,6 +332,8 @@ def run_case(case: Case, list_mode: bool) -> tuple[int, str, str, Path]:
         for name, text in case.files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text)
+        if case.data is not None:
+            write_data(tmp, case.data)
         cfg = tmp / "c.yaml"
         if case.config is not None:
             cfg.write_text((case.config if isinstance(case.config, str) else
@@ -348,7 +353,7 @@ def run_case(case: Case, list_mode: bool) -> tuple[int, str, str, Path]:
             except SystemExit as e:  # argparse must not exit on its own any more
                 rc = f"SystemExit({e.code})"
         left = sorted(p.name for p in tmp.iterdir() if p.name not in {*case.files, "c.yaml", "__pycache__"}
-                      and p.name != "empty")
+                      and p.name not in ("empty", "cifar", "stories.txt"))
         return rc, err.getvalue(), std.getvalue(), left
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -508,3 +513,93 @@ def test_slurm_submit_values_cannot_reach_the_script(case):
 @given(case=st.one_of(bad_yaml_aliases(), bad_env(), ignored_option()), list_mode=st.booleans())
 def test_yaml_aliases_env_vars_and_ignored_options(case, list_mode):
     check(case, list_mode)
+
+
+# -- issue [21]: data files (CIFAR-10 python batches, text files) damaged in every way ------------------
+def _cifar_batch(mutation: str, n: int, seed: int) -> bytes:
+    """A pickled CIFAR-10 batch of ``n`` images with one ``mutation`` (see DATA_MUTATIONS)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    data, labels = rng.integers(0, 256, (n, 3072), dtype=np.uint8), [int(v) for v in rng.integers(0, 10, n)]
+    batch = {b"batch_label": b"x", b"labels": labels, b"data": data, b"filenames": [b"f"] * n}
+    i = int(rng.integers(0, n))
+    if mutation == "float pixels":
+        batch[b"data"] = data.astype(np.float32) / 255
+    elif mutation == "pixel out of range":
+        wide = data.astype(np.int64)
+        wide[i, int(rng.integers(0, 3072))] = int(rng.choice([-1, 256, 10**6]))
+        batch[b"data"] = wide
+    elif mutation == "label out of range":
+        labels[i] = int(rng.choice([-1, 10, 255, 10**9]))
+    elif mutation == "bool labels":
+        batch[b"labels"] = [bool(v % 2) for v in labels]
+    elif mutation == "float labels":
+        batch[b"labels"] = [v + 0.5 for v in labels]
+    elif mutation == "short rows":
+        batch[b"data"] = data[:, : int(rng.integers(1, 3072))]
+    elif mutation == "fewer labels":
+        batch[b"labels"] = labels[: int(rng.integers(0, n))]
+    elif mutation == "no images":
+        batch[b"data"], batch[b"labels"] = data[:0], []
+    elif mutation == "missing key":
+        del batch[rng.choice([b"data", b"labels"])]
+    elif mutation == "not a dict":
+        batch = [data, labels]
+    raw = pickle.dumps(batch, protocol=2)
+    if mutation == "truncated":
+        raw = raw[: int(rng.integers(0, len(raw)))]
+    elif mutation == "garbage":
+        raw = bytes(rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8))
+    return raw
+
+
+DATA_MUTATIONS = ["float pixels", "pixel out of range", "label out of range", "bool labels", "float labels",
+                  "short rows", "fewer labels", "no images", "missing key", "not a dict", "truncated", "garbage",
+                  "missing file", "unreadable file"]
+
+
+@st.composite
+def bad_data(draw):
+    """A CIFAR-10 directory with one damaged batch file, or a text file the text task cannot use."""
+    if draw(st.booleans()):
+        mutation = draw(st.sampled_from(DATA_MUTATIONS))
+        which = draw(st.sampled_from([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]))
+        return Case(f"cifar {which}: {mutation}", config={**BASE, "task": {"name": "cifar10", "root": "{dir}/cifar"}},
+                    data=("cifar", which, mutation, draw(st.integers(0, 2**16))), expect=("task.root",))
+    kind = draw(st.sampled_from(["not utf-8", "too short", "missing", "a directory"]))
+    return Case(f"text: {kind}", config={**BASE, "task": {"name": "text", "path": "{dir}/stories.txt", "tokens": "char"}},
+                data=("text", kind, None, draw(st.integers(0, 2**16))), expect=("task.path",))
+
+
+def write_data(tmp: Path, data) -> None:
+    import pickle  # noqa: F401 (the batches are pickles)
+
+    from harness.tasks.fixtures import write_cifar10
+
+    kind, which, mutation, seed = data
+    if kind == "cifar":
+        d = write_cifar10(tmp / "cifar", per_batch=4) / "cifar-10-batches-py"
+        if mutation == "missing file":
+            (d / which).unlink()
+        elif mutation == "unreadable file":
+            (d / which).unlink()
+            (d / which).mkdir()
+        else:
+            (d / which).write_bytes(_cifar_batch(mutation, 4, seed))
+    else:
+        p = tmp / "stories.txt"
+        if which == "not utf-8":
+            p.write_bytes(b"once upon a time \xff\xfe there was " * 50)
+        elif which == "too short":
+            p.write_text("tiny")
+        elif which == "a directory":
+            p.mkdir()
+
+
+@settings(SETTINGS, max_examples=40 * SCALE)
+@given(case=bad_data())
+def test_damaged_data_files_are_one_line_naming_the_file(case):
+    check(case, list_mode=False)
