@@ -175,3 +175,16 @@ def test_requirements():
         algorithms.FEATURES | {"server"}
     with pytest.raises(ValueError, match="unknown feature"):
         register("_test_bad_feature", requires={"telepathy"})
+
+
+def test_a_nested_optimizer_block_means_the_flat_keys():
+    from harness.config import expand
+
+    flat = expand({"n_workers": 2, "algorithm": {"name": "diloco", "lr": 0.01, "outer_lr": 0.5}})[0]
+    nested = expand({"n_workers": 2, "algorithm": {"name": "diloco", "inner": {"name": "adamw", "lr": 0.01},
+                                                   "outer": {"lr": 0.5}}})[0]
+    assert nested.algorithm == flat.algorithm and nested.run_id == flat.run_id
+    for bad, word in (({"inner": {"lrr": 1}}, "algorithm.inner.lrr: not an optimizer field"),
+                      ({"inner": {"lr": 1}, "lr": 2}, "given twice")):
+        with pytest.raises(ValueError, match=word):
+            expand({"n_workers": 2, "algorithm": {"name": "local_sgd", **bad}})

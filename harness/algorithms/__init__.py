@@ -172,6 +172,7 @@ def _splice(fn):
         return fn(*args, **kw)
 
     spliced.__signature__ = sig.replace(parameters=flat)
+    spliced.optimizers = {param: keys for param, (_, keys) in specs.items()}  # for nested blocks in configs
     return spliced
 
 
@@ -187,10 +188,30 @@ def hyperparameters(name: str) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def _flatten_optimizers(fn, params: dict[str, Any]) -> dict[str, Any]:
+    """``inner: {name: sgd, lr: 0.05}`` (a nested optimizer block) as the flat keys it means
+    (``inner: sgd, lr: 0.05``); a key given both ways is one line."""
+    opts = getattr(fn, "optimizers", None) or getattr(getattr(fn, "factory", None), "optimizers", None) or {}
+    out = dict(params)
+    for param, keys in opts.items():
+        block = out.get(param)
+        if not isinstance(block, dict):
+            continue
+        del out[param]
+        for f, v in block.items():
+            if f not in keys:
+                raise ValueError(f"algorithm.{param}.{f}: not an optimizer field; known: {', '.join(sorted(keys))}")
+            if keys[f] in out:
+                raise ValueError(f"algorithm.{param}.{f}: given twice (also as algorithm.{keys[f]}); keep one")
+            out[keys[f]] = v
+    return out
+
+
 def validate_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Check ``params`` against the algorithm's keyword-only parameters; return them with
     defaults filled in. Raises ValueError with one line naming the field."""
     hp = hyperparameters(name)
+    params = _flatten_optimizers(get(name), params)
     fields = {
         k: (p.annotation if p.annotation is not inspect.Parameter.empty else Any, p.default if p.default is not inspect.Parameter.empty else ...)
         for k, p in hp.items()
