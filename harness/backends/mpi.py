@@ -27,7 +27,6 @@ import uuid
 import numpy as np
 import torch
 
-from harness.backends.supervisor import supervise
 from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
 SPIN_S = 0.5  # poll without sleeping this long, then nap
@@ -64,7 +63,6 @@ class MPITransport(Transport):
     name = "mpi"
 
     def __init__(self):
-        supervise()  # before MPI starts: the launcher's process stays behind to report signals
         MPI = self.MPI = _import_mpi()
         w = MPI.COMM_WORLD
         self.rank, self.size = w.Get_rank(), w.Get_size()

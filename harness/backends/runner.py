@@ -70,7 +70,10 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     from results.store import METRICS, RUN_JSON, write_json, write_table
     from harness import claims
 
+    from harness.backends.supervisor import supervise
+
     run_dir = Path(out) / cfg.run_id
+    supervise()  # before the transport starts MPI or a process group: the launcher's process stays behind
     tr = transport_cls()
     root = tr.rank == 0
     claim = None  # rank 0's claim on run_dir: no second process runs it meanwhile

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from harness.backends.launch import DEFAULT_TIMEOUT_S, op_timeout_s, torch_env
-from harness.backends.supervisor import supervise
 from harness.backends.transport import HEADER_LEN, Transport, from_header, header
 
 _STATE: dict = {}  # one process group per process, kept across runs
@@ -46,7 +45,6 @@ def _init():
     if not dist.is_available():
         raise ValueError("backend: this torch build has no torch.distributed; use --backend mpi")
     env = torch_env()
-    supervise()  # before the process group starts: the launcher's process stays behind to report signals
     # longer than the watchdog's limit, so that the watchdog (which names the op and blames
     # the peer through the heartbeats) speaks first; gloo's own timeout is the backstop
     op = op_timeout_s()

@@ -82,6 +82,7 @@ def _model_bytes(cfg) -> int:
 
 
 def cmd_calibrate(a) -> int:
+    from harness import capabilities
     from harness.calibration import fit, io, measure
     from harness.config import ConfigError
     from results.store import atomic_text, write_json
@@ -95,10 +96,7 @@ def cmd_calibrate(a) -> int:
         raise ConfigError(f"--sizes {a.sizes}: expected payload sizes in bytes (>= 4), comma separated") from None
     if a.reps < 1:
         raise ConfigError(f"--reps {a.reps}: expected at least 1")
-    if cfg.backend == "mpi":
-        from harness.backends.mpi import MPITransport as transport
-    else:
-        from harness.backends.torchdist import TorchTransport as transport
+    transport = capabilities.BACKENDS[cfg.backend].load()
     out = Path(a.out)
     got = measure.measure(cfg, out / "job", transport, sizes, a.reps)
     if got is None:  # not rank 0

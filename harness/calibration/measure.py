@@ -108,6 +108,9 @@ def measure(cfg, out: Path, transport_cls, sizes=SIZES, reps: int = 20):
 
     from harness.config import ConfigError
 
+    from harness.backends.supervisor import supervise
+
+    supervise()  # as harness.backends.runner.run_rank: before the transport starts MPI or a process group
     tr = transport_cls()
     if tr.size != cfg.n_workers:  # before timing anything: every rank sees it, rank 0 says it
         launch = {"mpi": f"mpiexec -n {cfg.n_workers}", "torch": f"torchrun --nproc-per-node {cfg.n_workers}"}
