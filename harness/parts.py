@@ -216,16 +216,36 @@ class keyed(Part):  # noqa: N801
 
 
 # -- the loop ---------------------------------------------------------------------------------
-def run(p: Part, ctx, x):
-    """The generator of a part-based algorithm: ``ctx.steps`` local steps, each followed by a
-    ``Record`` of the step's ``x``, ``loss``, ``round``, ``metrics`` and ``eval_x``. The whole
-    state lives here, in one tree (``state``), beside the step's carry ``s``."""
+class roles(Part):  # noqa: N801
+    """The two sides of an asynchronous method (``register(..., server=True)``): rank 0 runs
+    ``server`` once per arrival it expects (``arrivals(ctx)`` steps; ``s.t`` counts them), the
+    workers run ``worker`` for ``steps(ctx)`` steps (default ``ctx.steps``). Sides whose records
+    do not follow the steps (a server's ``update`` rows; a worker that records per round) yield
+    their own ``Record`` (``records=False``); each side's state is its own tree, held by :func:`run`."""
+
+    def __init__(self, server: Part, worker: Part, arrivals: Callable, steps: Callable | None = None,
+                 worker_records: bool = True):
+        self.server, self.worker, self.arrivals, self.steps = server, worker, arrivals, steps
+        self.worker_records = worker_records
+
+
+def run(p: Part, ctx, x, steps: int | None = None, records: bool = True):
+    """The generator of a part-based algorithm: ``steps`` (default ``ctx.steps``) steps, each
+    followed by a ``Record`` of the step's ``x``, ``loss``, ``round``, ``metrics`` and ``eval_x``
+    (``records=False``: the part records itself). The whole state lives here, in one tree
+    (``state``), beside the step's carry ``s``. :class:`roles` picks this rank's side."""
+    if isinstance(p, roles):
+        if ctx.role == "server":
+            return (yield from run(p.server, ctx, x, p.arrivals(ctx), records=False))
+        n = ctx.steps if p.steps is None else p.steps(ctx)
+        return (yield from run(p.worker, ctx, x, n, records=p.worker_records))
     state = p.init(ctx, x)
     s = Step(t=0, x=x)
-    for t in range(ctx.steps):
+    for t in range(ctx.steps if steps is None else steps):
         s = Step(t=t, x=s.x, round=s.round)  # client and cohort are per round: play sets them
         s, state = yield from p.step(ctx, s, state)
-        yield ops.Record(step=t + 1, round=s.round, x=s.x, loss=s.loss, metrics=s.metrics or {}, eval_x=s.eval_x)
+        if records:
+            yield ops.Record(step=t + 1, round=s.round, x=s.x, loss=s.loss, metrics=s.metrics or {}, eval_x=s.eval_x)
     return s.x
 
 
@@ -417,5 +437,5 @@ class metric(Part):  # noqa: N801
         yield  # pragma: no cover
 
 
-__all__ = ["Part", "Step", "local_train", "play", "rewrite", "server_average", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
+__all__ = ["Part", "Step", "local_train", "play", "rewrite", "roles", "server_average", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
            "opt_update", "outer", "part", "run", "sampled", "select", "tensorize", "when"]

@@ -5,32 +5,40 @@ Server (rank 0) holds ``x``; whenever a gradient arrives from worker ``w`` it ap
 sends the new ``x`` back to ``w`` only. Workers loop: ``g = grad f_w(x_w)``; send ``g``;
 receive ``x_w``. No barrier: a fast worker makes more updates than a slow one.
 Cost per worker step: 1 model-sized vector up, 1 down.
+
+Written as two parts (:class:`harness.parts.roles`): the server's state is its optimizer state
+and model versions, the worker's nothing but its model.
 """
 from harness.algorithms import register
-from harness.algorithms.blocks import Optimizer, Versions
-from harness.ops import ANY, SERVER, Grad, Recv, Record, Send
+from harness.algorithms.blocks import Optimizer, Versions, every
+from harness.ops import ANY, SERVER, Recv, Record, Send
+from harness.parts import chain, grad, opt_update, part, roles, when
+
+
+def _push_pull(ctx, s, state):
+    yield Send(SERVER, s.grad)
+    return s._replace(x=(yield Recv(SERVER)).x), state
 
 
 @register("async_sgd", server=True, requires={"p2p"})
-def async_sgd(ctx, x, *, inner: Optimizer = Optimizer(lr=0.05)):
-    if ctx.role == "server":
-        opt, lr_at = inner.build(ctx.steps)
-        state, versions = opt.init(x), Versions()
-        for k in range(ctx.n_workers * ctx.steps):  # every worker sends `steps` gradients
-            msg = yield Recv(ANY)
-            stale = versions.staleness(msg.src)
-            u, state = opt.update(msg.x, state, x)
-            x = x + lr_at(k // ctx.n_workers) * u  # a schedule advances once per n updates
-            versions.applied()
-            yield Send(msg.src, x)
-            versions.sent(msg.src)
-            yield Record(step=k // ctx.n_workers, x=x, staleness=stale, src=msg.src)
-            if (k + 1) % ctx.n_workers == 0:  # one "step" = n updates, to align with workers
-                yield Record(step=(k + 1) // ctx.n_workers, round=k + 1, x=x)
-        return x
-    for t in range(ctx.steps):
-        loss, g = yield Grad(x)
-        yield Send(SERVER, g)
-        x = (yield Recv(SERVER)).x
-        yield Record(step=t + 1, round=t + 1, x=x, loss=loss)
-    return x
+def async_sgd(*, inner: Optimizer = Optimizer(lr=0.05)):
+    upd = opt_update(inner)
+
+    def serve(ctx, s, state):  # one arrival; s.t counts them, s.x is the server's model
+        opt_state, versions = state
+        n, k = ctx.n_workers, s.t
+        msg = yield Recv(ANY)
+        stale = versions.staleness(msg.src)
+        s, opt_state = yield from upd.step(ctx, s._replace(t=k // n, grad=msg.x), opt_state)  # schedule: per n
+        x = s.x + s.lr * s.update
+        versions.applied()
+        yield Send(msg.src, x)
+        versions.sent(msg.src)
+        yield Record(step=k // n, x=x, staleness=stale, src=msg.src)
+        if (k + 1) % n == 0:  # one "step" = n updates, to align with workers
+            yield Record(step=(k + 1) // n, round=k + 1, x=x)
+        return s._replace(t=k, x=x), (opt_state, versions)
+
+    return roles(server=part(serve, init=lambda ctx, x: (upd.init(ctx, x), Versions())),
+                 worker=chain(grad(), when(every(1), part(_push_pull))),
+                 arrivals=lambda ctx: ctx.n_workers * ctx.steps)  # every worker sends `steps` gradients
