@@ -11,9 +11,9 @@ Two stores, each written once:
   ``saved`` mask over the ``K`` keys; a load is one ``index_select`` and a ``where``, a save one
   ``index_copy`` of the member rows. Memory grows with ``K`` only for methods that keep state.
 * :class:`DictStore` (SimPy and real ranks): ``{(name, key): row}``. In SimPy one store serves
-  every worker (the server side of a federated deployment); a real rank holds the rows of the
-  keys it saved or hosts (``key % n_workers == worker``) and refuses a key hosted elsewhere
-  (moving rows between ranks is a priced transfer, not done yet).
+  every worker (the server side of a federated deployment); a real rank holds the rows it saved
+  last, and :meth:`harness.backends.rank.RankDriver._state` moves a row to the rank that loads it
+  next (a point-to-point transfer, priced as a message). ``hosted`` restricts a store to some keys.
 """
 from __future__ import annotations
 

@@ -233,7 +233,8 @@ def real(request, tmp_path_factory):
                   for name, hp in (("async_easgd", {"tau": 4}), ("async_local_sgd", {"period": 8}))]
     # issue [8]'s op language v2 on real processes (plugin algorithms: registered by _plugin)
     v2 = [small("sync_sgd", algorithm={"name": "v2_sampled"}), small("dpsgd", algorithm={"name": "v2_gossip2"}),
-          small("sync_sgd", algorithm={"name": "v3_masked_momentum"}), small("sync_sgd", algorithm={"name": "v3_median_sgd"})]
+          small("sync_sgd", algorithm={"name": "v3_masked_momentum"}), small("sync_sgd", algorithm={"name": "v3_median_sgd"}),
+          small("sync_sgd", n_clients=7, steps=4, algorithm={"name": "scaffold", "local_epochs": 1})]
     config = _write_config(tmp / "real.yaml",
                            [_dump(c) for c in [*CASES.values(), probe, asyn, overlap, *more_async, *v2]])
     out = tmp / "runs"
@@ -241,7 +242,7 @@ def real(request, tmp_path_factory):
     assert proc.returncode == 0, f"{backend} launch failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     cfgs = load(config, [f"backend={backend}"])  # also registers the plugin's algorithms here
     names = [*CASES, "probe", "async_sgd", "overlap", "async_easgd", "async_local_sgd", "v2_sampled", "v2_gossip2",
-             "v3_masked_momentum", "v3_median_sgd"]
+             "v3_masked_momentum", "v3_median_sgd", "scaffold_moving_rows"]
     return backend, out, dict(zip(names, cfgs)), proc
 
 
@@ -340,6 +341,19 @@ def test_wrong_number_of_ranks_is_one_clear_line(backend, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("harness: error:")]
     assert len(lines) == 1, proc.stderr
     assert "needs 5 ranks (1 server + 4 workers), but 4 were started" in lines[0]
+
+
+def test_keyed_rows_move_between_ranks(real):
+    """SCAFFOLD with 7 clients on 4 ranks: a client's control variate moves to the rank that plays it
+    next (issue [20]); the parameters equal SimPy's (the moves add bytes SimPy's server store does not pay)."""
+    from harness.experiment import simulate
+
+    backend, out, cfgs, _ = real
+    cfg = cfgs["scaffold_moving_rows"]
+    df, record, params = _read(out, cfg)
+    _, sim = simulate(cfg.model_copy(update={"backend": "simpy"}))
+    assert record["status"] == "finished"
+    assert (params["workers"] - sim).abs().max().item() < 1e-10
 
 
 @pytest.mark.parametrize("name", ["async_easgd", "async_local_sgd"])

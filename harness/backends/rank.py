@@ -44,7 +44,7 @@ from dataclasses import replace
 
 import torch
 
-from harness import algorithms, ops, streams
+from harness import algorithms, ops, streams, tree
 from harness.backends.launch import op_timeout_s
 from harness.backends.rank_comm import CommHandlers
 from harness.backends.rank_divergence import DivergenceChecks, Stop
@@ -55,6 +55,9 @@ from harness.cost import Traffic
 from harness.keyed import DictStore
 from harness.recording import COUNTERS, Stats
 from harness.runinfo import meta_columns
+
+
+KEYED_TAG = 32765  # keyed rows moving between ranks (lock-step, per-sender order): below the END tag
 
 
 class RankDriver(CommHandlers, DivergenceChecks):
@@ -87,7 +90,8 @@ class RankDriver(CommHandlers, DivergenceChecks):
         self.handlers = self.patterns()
         self.all_ids = tuple(range(self.n))
         # keyed state: the rows of the keys this rank hosts (key % n_workers == its worker index)
-        self.store = DictStore(self.ctx0.n_clients, hosted=lambda k: k % self.n == self.i)  # keys: the clients
+        self.store = DictStore(self.ctx0.n_clients)  # keyed rows this rank holds (keys: the clients)
+        self.owner: dict = {}  # name -> {key: worker holding its row}, the same on every rank (see _state)
         self.seq: dict = {}  # (member set) -> collectives done over it; ("g", src, dst) -> gossip messages
         self.units, self.pending = 0.0, []  # compute units done (Rate); started collectives
         self.step_hint = 0  # last recorded step, for error messages
@@ -251,12 +255,43 @@ class RankDriver(CommHandlers, DivergenceChecks):
         return ops.Neighbors.peers(self._topology("Neighbors").W(step), self.i)
 
     def _state(self, op):
-        if self.role == "server" or not self._member(op)[1]:
+        """Keyed rows on real ranks: a row lives on the rank that saved it last. Every keyed op is
+        lock-step over the workers, so one all-gather of the keys (bookkeeping: not counted as
+        traffic) keeps the same directory on every rank; a rank loading a row held elsewhere gets
+        it from its holder, a point-to-point transfer priced like any message."""
+        if self.role == "server":
             return op.skip(self.n)
-        if isinstance(op, ops.LoadState):
-            return self.store.load(op.name, op.key, op.default)
-        self.store.save(op.name, op.key, op.value)
-        return None
+        member = self._member(op)[1]
+        key = int(op.key) if member else -1
+        got = self._comm(f"{type(op).__name__}({op.name!r}) keys", self.tr.allgather, None,
+                         torch.tensor([key], dtype=torch.int64))
+        keys = [int(k) for k in got.reshape(-1)]
+        own = self.owner.setdefault(op.name, {})
+        if isinstance(op, ops.SaveState):
+            if member:
+                self.store.save(op.name, key, op.value)
+            own.update({k: w for w, k in enumerate(keys) if k >= 0})
+            return None
+        for w, k in enumerate(keys):  # rows others load from me
+            if k >= 0 and w != self.i and own.get(k) == self.i:
+                flat = torch.cat([torch.as_tensor(v).reshape(-1) for v in tree.leaves(self.store.rows[(op.name, k)])])
+                nbytes = flat.numel() * flat.element_size()
+                self._comm(f"sending keyed row {op.name}[{k}] to worker {w}",
+                           lambda w=w, flat=flat, nbytes=nbytes: self.tr.send(w + self.off, flat, KEYED_TAG, nbytes),
+                           self.cfg.network.gossip(nbytes, 1, 0))
+        if not member:
+            return op.skip(self.n)
+        holder = own.get(key)
+        if holder is None or holder == self.i:
+            return self.store.load(op.name, key, op.default)
+        _, _, flat, _, nbytes = self._comm(f"receiving keyed row {op.name}[{key}] from worker {holder}",
+                                           lambda: self.tr.recv(holder + self.off, KEYED_TAG))
+        self.ctr.add_traffic(self.cfg.network.gossip(0, 0, 0)._replace(recv=float(nbytes)))
+        like = tree.leaves(op.default)
+        sizes = [torch.as_tensor(v).numel() for v in like]
+        parts = flat.split(sizes)
+        return tree.unflatten(op.default, iter(p.reshape(torch.as_tensor(v).shape).to(torch.as_tensor(v).dtype)
+                                               for p, v in zip(parts, like)))
 
     def _record(self, op):
         self._record_row(op)

@@ -62,7 +62,7 @@ class CommHandlers:
         else:
             seq = self.seq.get(ids, 0)
             self.seq[ids] = seq + 1
-            tag = MEMBER_TAG0 + seq % (32767 - MEMBER_TAG0)
+            tag = MEMBER_TAG0 + seq % (32765 - MEMBER_TAG0)  # below rank.KEYED_TAG and the END tag
             others = {j + self.off: tag for j in ids if j != self.i}
             got = self._comm(f"{name} over workers {list(ids)}", self.tr.exchange, None, payload, others, others)
             rows = {j: (payload if j == self.i else got[j + self.off]) for j in ids}
