@@ -285,10 +285,10 @@ def sweep(a) -> int:
     out = Path(a.out or Path("runs") / runs[0].name)
     _check_out(out, "--out" if a.out else "name")
     if a.list:
-        for i, cfg in enumerate(runs):
+        for i, cfg in enumerate(runs, 1):  # numbered from 1, as `harness run --list` and --only
             print(f"{i:4d}  {cfg.run_id}")
         return 0
-    todo = pending(runs, out)
+    todo = [i - 1 for i in pending(runs, out)]  # pending numbers runs from 1 (as --only); here: list positions
     jobs = min(a.jobs, max(len(todo), 1))
     print(f"{len(todo)} of {len(runs)} run(s) to do in {out}, {jobs} at a time", flush=True)
     t0, k = time.perf_counter(), [0]
