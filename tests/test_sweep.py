@@ -160,7 +160,10 @@ def test_a_killed_worker_fails_its_run_only_and_ctrl_c_stops_cleanly(tmp_path):
     def owners(n, exclude=()):
         deadline = time.time() + 120
         while time.time() < deadline:
-            got = {d.name: claims.read(d / claims.CLAIM) for d in out.glob("*") if (d / claims.CLAIM).exists()}
+            # a run is under way once it has its claim and its run.json (written just after the claim: code
+            # fingerprints make that gap tens of ms, and a run interrupted inside it has nothing to mark)
+            got = {d.name: claims.read(d / claims.CLAIM) for d in out.glob("*")
+                   if (d / claims.CLAIM).exists() and (d / "run.json").exists()}
             got = {k: v for k, v in got.items() if v and k not in exclude and v.get("pid") not in exclude}
             if len(got) >= n:
                 return got
