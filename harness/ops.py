@@ -571,7 +571,8 @@ class LoadState:
     ``[]`` or ``[n]`` stacked: a client or worker id in ``0..ctx.n_clients-1``); a key never
     saved reads ``default`` (this worker's row of the initial state: a tensor or a tuple of
     tensors). The backend owns the rows (stacked: ``[K, ...]`` tensors; SimPy: a store; a real
-    rank: the rows of the keys it hosts), so state outlives a worker playing a key."""
+    rank: the rows it saved last, moved to the rank that loads them next), so state outlives a
+    worker playing a key."""
 
     pattern: ClassVar[str] = "state"
     name: str
