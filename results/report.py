@@ -3,12 +3,14 @@
 ``write_report(DIR)`` writes ``DIR/report/``:
 
 - ``summary.csv``: :func:`results.stats.summary`, one row per run (all columns);
-- ``summary.md``: the per-setting table (mean over seeds) as markdown, for pasting;
+- ``summary.md``: the per-setting table (mean over seeds ± 95 % interval) as markdown, for pasting;
+- ``summary.tex``: the same table as LaTeX (booktabs, :mod:`results.latex`), for a paper;
 - ``<figure>.png`` / ``.svg``: the figures of :data:`results.plots.FIGURES`;
 - ``figures.json``: per figure, its legend entries (one per setting), panels and notes
   (what it left out, which axes are logarithmic);
-- ``index.html``: self-contained (figures embedded as base64 PNG): the per-setting and
-  per-run tables, a note listing runs that did not finish (with whether any of their rows
+- ``index.html``: self-contained (figures embedded as base64 PNG): the setup (task, model size,
+  workers, compute and network models, steps, seeds, what varies: :mod:`results.setup`), the
+  per-setting and per-run tables, the figures with their captions above them, a note listing runs that did not finish (with whether any of their rows
   are in the tables: a diverged run's are, a killed or failed one usually has none) and files
   that could not be read, and every run's config.
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 import warnings
 from datetime import datetime, timezone
@@ -32,122 +33,52 @@ from pathlib import Path
 
 import pandas as pd
 
-from results import settings, stats
+from results import latex, settings, stats
 from results.errors import ResultsError, ResultsWarning
 from results.load import load, runs
 from results.store import atomic_text
 
-BASELINE = "sync_sgd"
+from results.table import (ACC, BASELINE, DAMAGED, PPL, _acc_cell, _num, _times, format_summary,  # noqa: F401
+                           human_bytes, split_damaged)
+from results.table import left_out as _left_out
+from results.table import markdown as _markdown
+from results.table import table as _table
 
 
-def human_bytes(x: float) -> str:
-    """``1234567 -> "1.23 MB"`` (decimal units, as network rates are quoted); NaN -> "-"."""
-    if x is None or pd.isna(x):
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(x) < 1000 or unit == "TB":
-            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.3g} {unit}"
-        x /= 1000.0
-
-
-def _num(x: float, fmt: str = ".3g", unit: str = "") -> str:
-    return "-" if pd.isna(x) else f"{x:{fmt}}{unit}"
-
-
-def _times(r: float) -> str:
-    """A reduction factor as text: 8.0 -> "8x less", 0.5 -> "2x more"."""
-    if pd.isna(r) or r <= 0 or math.isinf(r):
-        return "-"
-    f = r if r >= 1 else 1 / r
-    return (f"{f:.3g}" if f < 1000 else f"{f:,.0f}") + ("x less" if r >= 1 else "x more")
-
-
-ACC = "final test acc (mean ± 95% t-CI, n seeds)"
-
-
-def _acc_cell(m, c, n, dv, runs) -> str:
-    """``0.958 ± 0.004 (n=3)``; one seed: ``0.958 (n=1)``; all diverged: ``diverged``."""
-    if dv and dv == runs:
-        return "diverged"
-    cell = _num(m, ".3f") + ("" if pd.isna(c) else f" ± {c:.3f}") + f" (n={int(n)})"
-    return cell + (f" ({dv}/{runs} diverged)" if dv else "")
-
-
-DAMAGED = "damaged"
-
-
-def split_damaged(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """``(rows of undamaged runs, sorted ids of damaged runs)``: a damaged run is never averaged
-    with healthy ones."""
-    if "status" not in df or not len(df):
-        return df, []
-    bad = df["status"].astype(object).eq(DAMAGED).to_numpy(bool)
-    return df[~bad], sorted(map(str, set(df.loc[bad, "run_id"])))
-
-
-def _left_out(ids: list[str]) -> str:
-    return (f"left out: {len(ids)} damaged run(s) (unreadable run.json): {', '.join(ids)}; "
-            "`harness run` of their config runs them again")
-
-
-def _table(summary_df: pd.DataFrame) -> pd.DataFrame:
-    """The per-setting table (mean over seeds; every varying config key is a column) with
-    every cell formatted as text; damaged runs left out (:func:`split_damaged`)."""
-    summary_df, _ = split_damaged(summary_df)
-    agg = stats.aggregate(summary_df)
-    by = stats.setting_columns(summary_df)
-    if BASELINE in set(summary_df["algorithm"].dropna()) and agg["algorithm"].nunique() > 1:
-        on = [c for c in stats.MATCH_ON if c in agg.columns]
-        # and the system/data keys that vary (network, compute, ...), never the algorithm's own
-        on += [c for c in by if c.startswith("cfg.") and not c.startswith(("cfg.algorithm.", "cfg.topology."))]
-        agg = stats.reduction_vs(agg, BASELINE, "total_bytes", on=on)
-    out = pd.DataFrame({settings.short(c): agg[c].map(settings.fmt) for c in by})
-    out["runs"] = [f"{n}" for n in agg["runs"]]
-    out[ACC] = [_acc_cell(*v) for v in zip(agg["final_test_acc"], agg["final_test_acc_ci"],
-                                          agg["final_test_acc_n"], agg["diverged"], agg["runs"])]
-    out["total bytes"] = agg["total_bytes"].map(human_bytes)
-    if "total_bytes_reduction" in agg:
-        out[f"bytes vs {BASELINE}"] = [
-            "baseline" if a == BASELINE else _times(r) for a, r in zip(agg["algorithm"], agg["total_bytes_reduction"])]
-    out["time"] = agg["time_s"].map(lambda t: _num(t, ".4g", " s"))
-    target = summary_df["target_acc"].iloc[0] if len(summary_df) else math.nan
-    out[f"time to {target:g} acc (interpolated)"] = [
-        (f"never ({r}/{n})" if r == 0 else f"{_num(t, '.4g', ' s')} ({r}/{n})")
-        for t, r, n in zip(agg["time_to_target_s"], agg["reached"].astype(int), agg["runs"])]
-    return out.reset_index(drop=True)
-
-
-def format_summary(summary_df: pd.DataFrame) -> str:
-    """A short fixed-width text table of a summary: one line per algorithm/partition
-    (and any other setting that varies): runs, final test acc (mean ± 95% t half-width),
-    total bytes (KB/MB/GB), time, and time to target as "mean over reached (k/n)". Damaged
-    runs are left out and named on a last line."""
-    kept, damaged = split_damaged(summary_df)
-    if not len(kept):
-        return _left_out(damaged) if damaged else "no runs"
-    t = _table(kept)
-    cols = list(t.columns)
-    widths = [max(len(c), *(len(v) for v in t[c])) for c in cols]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in t.itertuples(index=False)]
-    return "\n".join(lines + ([_left_out(damaged)] if damaged else []))
-
-
-def _markdown(t: pd.DataFrame) -> str:
-    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(esc, t.columns)) + " |", "|" + "---|" * len(t.columns)]
-    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in t.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}td{white-space:nowrap}
 th{background:#f2f2f2}.note{background:#fff4e5;border-left:4px solid #f90;padding:0.5em 1em;margin:1em 0}
-img{max-width:100%}.wide{overflow-x:auto}figure{margin:1.5em 0}pre{background:#f7f7f7;padding:0.5em;font-size:0.85em}"""
+table.setup td{white-space:normal}table.setup th{width:14em;vertical-align:top}
+img{max-width:100%}.wide{overflow-x:auto}figure{margin:2em 0 2.5em 0}pre{background:#f7f7f7;padding:0.5em;font-size:0.85em}
+figcaption{margin-bottom:0.6em;max-width:1100px;line-height:1.4}figcaption small{color:#555}.how{max-width:1100px}"""
+#: a figure's name as a heading ("pareto_front" -> "Pareto front")
+TITLES = {"accuracy_vs_bytes": "Accuracy vs communication", "accuracy_vs_time": "Accuracy vs time",
+          "language_model": "Language model: loss and perplexity", "loss_curves": "Loss curves",
+          "pareto_front": "Pareto front", "staleness": "Staleness of asynchronous updates",
+          "consensus_distance": "Consensus distance", "time_split": "Time split", "timeline": "Timeline"}
+
+
+def _figure(k: int, name: str, png: Path, info: dict) -> str:
+    """A ``<figure>`` with its caption *above* the image (below, it read as the next figure's
+    heading): number, title, what is drawn, how (mean, band, n) and what was left out."""
+    e = html.escape
+    b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+    notes = [n for n in info.get("notes", []) if n not in info.get("drawn", [])]  # not twice
+    title = TITLES.get(name, name.replace("_", " ").capitalize())
+    what = e(info.get("caption", ""))
+    n = info.get("n") or {}
+    if n:
+        k_n = sorted(set(n.values()))
+        what += f" n = {k_n[0]} seed(s) per setting." if len(k_n) == 1 else " n (seeds) per setting in the legend."
+    said = "".join(f"<br><small>{e(x)}</small>" for x in notes)
+    return (f"<figure id='{e(name)}'><figcaption><b>Figure {k}: {e(title)}.</b> {what} "
+            f"(<a href='{e(name)}.svg'>SVG</a>){said}</figcaption>"
+            f"<img src=\"data:image/png;base64,{b64}\" alt='{e(title)}'></figure>")
 
 
 def _html(root, summary_df, table, figures, fig_errors, run_list, problems, target_acc, meta=None) -> str:
+    from results import setup
+
     e = html.escape
     n, done = len(run_list), int((run_list["status"] == "finished").sum())
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Results: {e(str(root))}</title>",
@@ -173,16 +104,14 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
     if problems or fig_errors:
         items = "".join(f"<li>{e(p)}</li>" for p in [*problems, *fig_errors])
         parts.append(f"<div class='note'><b>Problems (skipped)</b><ul>{items}</ul></div>")
-    parts += ["<h2>Summary (mean over seeds)</h2>", table.to_html(index=False),
-              _how_to_read(summary_df, stats.setting_columns(summary_df), target_acc)]
+    parts.insert(3, setup.section(run_list, summary_df))
+    parts += ["<h2>Summary (mean over seeds ± 95% interval)</h2>", f"<div class='wide'>{table.to_html(index=False)}</div>",
+              _how_to_read(summary_df, stats.setting_columns(settings.blank_unused(summary_df)), target_acc),
+              "<p>The same table as LaTeX (booktabs): <a href='summary.tex'>summary.tex</a>; per run: "
+              "<a href='summary.csv'>summary.csv</a>.</p>"]
     parts.append("<h2>Figures</h2>")
-    for name, png in figures.items():
-        b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-        info = (meta or {}).get(name, {})
-        notes = [n for n in info.get("notes", []) if n not in info.get("drawn", [])]  # not twice
-        said = "".join(f"<br><small>{e(n)}</small>" for n in notes)
-        parts.append(f"<figure><img src=\"data:image/png;base64,{b64}\" alt='{e(name)}'>"
-                     f"<figcaption>{e(name)} (<a href='{e(name)}.svg'>SVG</a>){said}</figcaption></figure>")
+    for k, (name, png) in enumerate(figures.items(), 1):
+        parts.append(_figure(k, name, png, (meta or {}).get(name, {})))
     runs_t = summary_df[[c for c in summary_df.columns if not c.startswith("cfg.")]].copy()
     for c in runs_t:  # nullable integers print pd.NA as "<NA>" whatever na_rep says
         if pd.api.types.is_extension_array_dtype(runs_t[c]):
@@ -208,12 +137,15 @@ def _how_to_read(summary_df: pd.DataFrame, by: list[str], target_acc: float) -> 
              if not backends & style.SIMULATED else "simulated seconds for simpy/stacked runs, wall-clock for the others")
     keys = ", ".join(settings.short(c) for c in by)
     return (f"<p class='how'>One row per setting: the runs that share every config key that varies here "
-            f"({html.escape(keys)}); only seeds are averaged. <b>final test acc</b>: the consensus model (mean of the "
-            f"workers' models) at the last evaluation, mean over the n seeds ± the half-width of the 95% Student-t "
-            f"interval (none for n=1); diverged runs are left out and counted. <b>total bytes</b>: bytes sent, summed "
+            f"({html.escape(keys)}); only seeds are averaged, and a key that does not apply to a setting (beta2 of "
+            f"an SGD optimizer) is blank there. Every number is the mean over the seeds ± the half-width of the 95% "
+            f"Student-t interval over them (none for n=1). <b>final test acc</b>: the consensus model (mean of the "
+            f"workers' models) at the last evaluation; diverged runs are left out and counted. <b>final test ppl</b> "
+            f"(language models): its perplexity exp(test loss) per token. <b>total bytes</b>: bytes sent, summed "
             f"over workers, at the end (counters are cumulative). <b>time</b>: the run's clock at its end, in {clock}. "
-            f"<b>time to {target_acc:g} acc</b>: interpolated linearly between evaluations{every} (the last below "
-            f"and the first at or above the target), mean over the runs that reached it (k/n). See docs/results.md.</p>")
+            f"<b>time, bytes and rounds to {target_acc:g} acc</b>: interpolated linearly between evaluations{every} "
+            f"(the last below and the first at or above the target), mean over the runs that reached it (k/n). "
+            f"See docs/results.md.</p>")
 
 
 def _rows_note(run_id, summary_df) -> str:
@@ -247,6 +179,7 @@ def write_report(root: str | os.PathLike, target_acc: float = 0.9, out: str | os
     atomic_text(out / "summary.csv", s.to_csv(index=False))
     table = _table(s)
     atomic_text(out / "summary.md", f"Target accuracy: {target_acc:g}\n\n" + _markdown(table))
+    atomic_text(out / "summary.tex", latex.summary_latex(s, target_acc))
     figures, fig_errors, meta = {}, [], {}
     for name, (fn, kind) in plots.FIGURES.items():
         try:

@@ -11,6 +11,11 @@ resolved config that varies across the runs, except the seed:
   have them, or vary (present / absent) within one algorithm;
 - every other ``cfg.*`` column: when it takes more than one value (missing counts as one).
 
+A key that does not apply to a run is no setting of it: ``beta2`` of an SGD inner optimizer,
+``task.alpha`` (the Dirichlet concentration) of an i.i.d. partition. Such cells are blanked
+(:func:`blank_unused`, rules in :data:`APPLIES`) before deciding what varies, so a column
+appears only when the key varies among the runs it applies to.
+
 Left out: seeds (``seed``, ``cfg.seed``, any ``*.seed``), ``run_id``, the config's ``name``, the
 report's ``target_acc``, cfg keys that repeat an identity or ``hp.*`` column
 (``cfg.topology.name`` is ``topology``, ``cfg.algorithm.period`` is ``hp.period``) and exact
@@ -37,6 +42,12 @@ SAME_AS = {"cfg.algorithm.name": "algorithm", "cfg.task.name": "task", "cfg.task
            "cfg.topology.name": "topology", "cfg.n_workers": "n_workers", "cfg.backend": "backend"}
 NOT_SETTINGS = {"run_id", "seed", "cfg.name", "cfg.target_acc", "status"}
 SEP = " · "
+#: field -> (the key that selects whether it applies, the values for which it does). Optimizer
+#: fields are spliced flat (harness.transforms.Optimizer: ``inner`` names the rule, ``outer_beta2``
+#: belongs to ``outer``); the selector key sits beside the field (same prefix, ``<name>_`` stem).
+_SGD, _ADAM = ("sgd",), ("adamw",)
+APPLIES = {"momentum": _SGD, "nesterov": _SGD, "beta1": _ADAM, "beta2": _ADAM, "eps": _ADAM}
+TASK_APPLIES = {"cfg.task.alpha": ("dirichlet",), "cfg.task.exponent": ("powerlaw",)}
 
 
 def _is_seed(col: str) -> bool:
@@ -55,12 +66,53 @@ def _key(v: object) -> object:
     return "<missing>" if v is None or (not isinstance(v, (list, dict)) and pd.isna(v)) else str(v)
 
 
+def _selector(col: str, frame: pd.DataFrame) -> tuple[str, tuple] | None:
+    """``(selector column, values it must take)`` for a field with an applicability rule."""
+    if col in TASK_APPLIES:
+        sel = "partition" if "partition" in frame else "cfg.task.partition"
+        return (sel, TASK_APPLIES[col]) if sel in frame else None
+    for pre in (HP_PREFIX, CFG + "algorithm."):
+        if not col.startswith(pre):
+            continue
+        key = col.removeprefix(pre)
+        for field, values in APPLIES.items():
+            if key == field or key.endswith("_" + field):
+                stem = key[: -len(field) - 1] if key != field else "inner"
+                return (pre + stem, values) if pre + stem in frame else None
+    return None
+
+
+def unused(frame: pd.DataFrame, col: str) -> pd.Series:
+    """True where ``col`` does not apply to the row (an optimizer field of another rule, a
+    partition's parameter under another partition). Rows whose selector is not one of the rule's
+    names (a non-optimizer ``server`` key, a missing value) keep the field."""
+    rule = _selector(col, frame)
+    if rule is None:
+        return pd.Series(False, index=frame.index)
+    sel, values = rule
+    names = {v for vs in (APPLIES.values() if sel.startswith((HP_PREFIX, CFG + "algorithm.")) else
+                         TASK_APPLIES.values()) for v in vs}
+    v = frame[sel].astype(object)
+    return v.isin(names) & ~v.isin(values)
+
+
+def blank_unused(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every cell of a key that does not apply to its row set to missing."""
+    out = frame.copy()
+    for c in frame.columns:
+        bad = unused(frame, c)
+        if bad.any():
+            out[c] = out[c].astype(object).where(~bad, None)
+    return out
+
+
 def varying(frame: pd.DataFrame, always: Iterable[str] = ALWAYS) -> list[str]:
     """Columns (of a summary or a table) whose values tell the runs' settings apart, in
     display order: identity columns, then ``hp.*``, then the other ``cfg.*`` (see the module)."""
     s = per_run(frame)
     always = [c for c in always if c in s.columns]
     keys = {c: s[c].map(_key) for c in s.columns if c not in NOT_SETTINGS and not _is_seed(c)}
+    applies = {c: ~unused(s, c) for c in keys}  # a key is judged on the runs it applies to only
     algo = s["algorithm"].map(_key) if "algorithm" in s else pd.Series("", index=s.index)
     hps = sorted(c for c in keys if c.startswith(HP_PREFIX))
     algo_cfg = sorted(c for c in keys if c.startswith(CFG + "algorithm.") and c not in SAME_AS
@@ -69,11 +121,11 @@ def varying(frame: pd.DataFrame, always: Iterable[str] = ALWAYS) -> list[str]:
                    and not c.startswith(CFG + "algorithm."))
     out = [c for c in IDENTITY if c in keys and (c in always or keys[c].nunique() > 1)]
     for c in hps + algo_cfg:
-        present = s[c].map(_key) != "<missing>"
-        within = keys[c].groupby(algo).nunique().gt(1).any()
-        if keys[c][present].nunique() > 1 or within:
+        k = keys[c][applies[c]]
+        within = k.groupby(algo[applies[c]]).nunique().gt(1).any()
+        if k[k != "<missing>"].nunique() > 1 or within:
             out.append(c)
-    out += [c for c in other if keys[c].nunique() > 1]
+    out += [c for c in other if keys[c][applies[c]].nunique() > 1]
     kept: list[str] = []
     for c in out:  # drop exact copies of a column already kept (never the `always` ones)
         if c in always or not any(keys[k].equals(keys[c]) for k in kept):
@@ -109,7 +161,7 @@ def informative(frame: pd.DataFrame, cols: list[str]) -> list[str]:
 def labels(frame: pd.DataFrame, leave_out: Iterable[str] = ("task",), cols: list[str] | None = None) -> pd.Series:
     """run_id -> readable setting name from the varying keys but ``leave_out`` (facets):
     ``"local_sgd · period=8 · partition=dirichlet"``. Runs differing only by seed share a label."""
-    s = per_run(frame)
+    s = blank_unused(per_run(frame))  # beta2=0.999 is no part of an SGD run's name
     cols = varying(s) if cols is None else cols
     cols = ["algorithm", *(c for c in cols if c != "algorithm" and c not in set(leave_out))]
     rest = informative(s, [c for c in cols if c in s.columns])

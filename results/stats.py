@@ -52,7 +52,8 @@ def summary(df: pd.DataFrame, target_acc: float = 0.9) -> pd.DataFrame:
     Columns: ``run_id, algorithm, backend, task, partition, topology, n_workers, seed``,
     ``status`` (if loaded), ``diverged`` and ``diverged_step`` (the first ``diverged`` row's
     step; a diverged run's final accuracy and loss are NaN: its model is not a result),
-    ``final_test_acc, final_test_loss, total_bytes`` (bytes_sent
+    ``final_test_acc, final_test_loss, final_test_ppl`` (language models: the last ``test_ppl``,
+    ``exp(test_loss)`` per token; NaN for other tasks), ``total_bytes`` (bytes_sent
     of the last consensus row, summed over workers), ``bytes_per_worker, total_messages,
     time_s`` (clock of the last consensus row: simulated or wall, see ``backend``),
     ``rounds, target_acc, reached, time_to_target_s, bytes_to_target, rounds_to_target``,
@@ -67,8 +68,8 @@ def summary(df: pd.DataFrame, target_acc: float = 0.9) -> pd.DataFrame:
     """
     extra = [c for c in df.columns if c == "status" or c.startswith((HP_PREFIX, "cfg."))]
     first = df.groupby("run_id", sort=False).head(1)[[*IDENTITY, *extra]]
-    last = final_metrics(df)[["run_id", "test_acc", "test_loss", "bytes_sent", "messages", "time_s", "round"]]
-    last = last.rename(columns={"test_acc": "final_test_acc", "test_loss": "final_test_loss",
+    last = final_metrics(df)[["run_id", "test_acc", "test_loss", "test_ppl", "bytes_sent", "messages", "time_s", "round"]]
+    last = last.rename(columns={"test_acc": "final_test_acc", "test_loss": "final_test_loss", "test_ppl": "final_test_ppl",
                                 "bytes_sent": "total_bytes", "messages": "total_messages", "round": "rounds"})
     hit = to_target(df, target_acc)
     out = first.merge(last, on="run_id", how="left").merge(hit, on="run_id", how="left")
@@ -80,9 +81,9 @@ def summary(df: pd.DataFrame, target_acc: float = 0.9) -> pd.DataFrame:
     out["diverged"] = out["diverged_step"].notna().to_numpy(bool)
     if "status" in out:
         out["diverged"] |= out["status"].astype(object).fillna("").eq("diverged").to_numpy(bool)
-    out.loc[out["diverged"], ["final_test_acc", "final_test_loss"]] = np.nan
+    out.loc[out["diverged"], ["final_test_acc", "final_test_loss", "final_test_ppl"]] = np.nan
     cols = [*IDENTITY, *(["status"] if "status" in extra else []), "diverged", "diverged_step",
-            "final_test_acc", "final_test_loss",
+            "final_test_acc", "final_test_loss", "final_test_ppl",
             "total_bytes", "bytes_per_worker", "total_messages", "time_s", "rounds", "target_acc",
             "reached", "time_to_target_s", "bytes_to_target", "rounds_to_target"]
     return out[cols + [c for c in extra if c != "status"]].reset_index(drop=True)
@@ -192,25 +193,29 @@ def setting_columns(s: pd.DataFrame, always: Iterable[str] = ("algorithm", "part
     return settings.varying(s, always)
 
 
+#: per-run columns of a :func:`summary` that :func:`aggregate` averages over seeds with an interval
+METRICS = ("final_test_acc", "final_test_loss", "final_test_ppl", "total_bytes", "bytes_per_worker", "time_s",
+           "time_to_target_s", "bytes_to_target", "rounds_to_target")
+
+
 def aggregate(s: pd.DataFrame, by: Iterable[str] | None = None, level: float = 0.95) -> pd.DataFrame:
     """Mean over seeds of a :func:`summary`, one row per setting (default
     :func:`setting_columns`: seeds are the only thing averaged): ``runs, reached`` (count),
-    ``final_test_acc`` with ``final_test_acc_n`` (the seeds it averages: diverged runs are
-    left out) and ``final_test_acc_ci`` (half-width of the ``level`` Student-t interval over
-    those seeds; NaN for one seed), ``total_bytes, bytes_per_worker, time_s`` means and
-    ``time_to_target_s, bytes_to_target`` means over the runs that reached it; counts of
-    ``diverged`` runs and of ``damaged`` ones (unreadable run.json: included, but flagged)."""
+    then for each of :data:`METRICS` present its mean over the seeds that have a value, ``<m>_ci``
+    (half-width of the ``level`` Student-t interval over them; NaN for one seed) and ``<m>_n``
+    (how many: diverged runs have no final accuracy, runs that never reached the target no time
+    to it); counts of ``diverged`` runs and of ``damaged`` ones (unreadable run.json: included,
+    but flagged). A time to target with ``n=2`` of 3 runs is the mean over the 2 that reached it."""
     by = setting_columns(s) if by is None else _list(by)
     s = s.assign(diverged=s["diverged"] if "diverged" in s else False,
                  damaged=s["status"].astype(object).fillna("").eq("damaged") if "status" in s else False)
     g = s.groupby(by, sort=True, dropna=False)
     out = g.agg(runs=("run_id", "count"), reached=("reached", "sum"),
-                diverged=("diverged", "sum"), damaged=("damaged", "sum"),
-                total_bytes=("total_bytes", "mean"), bytes_per_worker=("bytes_per_worker", "mean"),
-                time_s=("time_s", "mean"), time_to_target_s=("time_to_target_s", "mean"),
-                bytes_to_target=("bytes_to_target", "mean")).reset_index()
-    ci = mean_ci(s, "final_test_acc", by, level)[[*by, "n", "mean", "ci_half"]]
-    ci = ci.rename(columns={"mean": "final_test_acc", "ci_half": "final_test_acc_ci", "n": "final_test_acc_n"})
-    out = out.merge(ci, on=by, how="left")
+                diverged=("diverged", "sum"), damaged=("damaged", "sum")).reset_index()
+    for m in (m for m in METRICS if m in s.columns):
+        ci = mean_ci(s.assign(**{m: pd.to_numeric(s[m], errors="coerce")}), m, by, level)
+        ci = ci[[*by, "n", "mean", "ci_half"]].rename(columns={"mean": m, "ci_half": f"{m}_ci", "n": f"{m}_n"})
+        out = out.merge(ci, on=by, how="left")
     first = [*by, "runs", "reached", "final_test_acc", "final_test_acc_ci", "final_test_acc_n"]
+    first = [c for c in first if c in out.columns]
     return out[first + [c for c in out.columns if c not in first]]

@@ -20,6 +20,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
 from results import settings
 
@@ -79,22 +81,28 @@ def figure(n: int, ncols: int | None = None, w: float = 6.0, h: float = 4.2):
     return fig, list(axes[:n])
 
 
-def handle(r: pd.Series, line: bool = True) -> Line2D:
+def handle(r: pd.Series, line: bool = True, band: bool = False):
+    """A legend handle in a setting's style: its line (over its band's shade) or its marker."""
+    if line and band:
+        return (Patch(color=r["color"], alpha=0.18, lw=0), Line2D([], [], color=r["color"], ls=r["dash"], lw=2))
     if line:
         return Line2D([], [], color=r["color"], ls=r["dash"], lw=2)
     return Line2D([], [], color=r["color"], marker=r["marker"], ls="", ms=7)
 
 
 def legend(fig: Figure, meta: pd.DataFrame, shown: set[str], line: bool = True, extra=(),
-           undrawn: dict[str, str] | None = None) -> None:
+           undrawn: dict[str, str] | None = None, n: dict[str, int] | None = None, band: bool = False) -> None:
     """One legend for the figure: an entry per setting label in ``shown`` and in ``undrawn``
     (label -> why it has no line, shown after the label), plus ``extra`` ``(handle, text)``
-    pairs; the setting labels are recorded in ``fig.harness["legend"]``."""
-    undrawn = undrawn or {}
+    pairs; ``n`` (label -> seeds behind its line) is written after each label as ``(n=3)``.
+    The setting labels are recorded in ``fig.harness["legend"]``, the texts in ``"legend_text"``."""
+    undrawn, n = undrawn or {}, n or {}
     labs = [x for x in order(meta["label"]) if x in shown or x in undrawn]
     first = meta.drop_duplicates("label").set_index("label")
-    handles = [handle(first.loc[x], line) for x in labs] + [h for h, _ in extra]
-    texts = [x + (f" ({undrawn[x]})" if x in undrawn else "") for x in labs] + [t for _, t in extra]
+    handles = [handle(first.loc[x], line, band and x in n) for x in labs] + [h for h, _ in extra]
+    texts = [x + (f" (n={n[x]})" if x in n else "") + (f" ({undrawn[x]})" if x in undrawn else "")
+             for x in labs] + [t for _, t in extra]
+    fig.harness["legend_text"] = texts
     if handles:
         fig.legend(handles, texts, loc="outside right upper", frameon=False)
     fig.harness["legend"] = labs
@@ -109,6 +117,16 @@ def log_if_wide(ax, values, axis: str = "y") -> bool:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
         return True
     return False
+
+
+def log_x(ax, bytes_axis: bool = False) -> None:
+    """A log x axis; for bytes, ticks at 1, 2 and 5 of each decade labelled ``2 MB`` (one bare
+    ``10^7`` tick told a reader little)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # crowded "2x10^4" labels otherwise
+    if bytes_axis:
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(EngFormatter(unit="B", places=0, sep=" "))
 
 
 def time_label(meta: pd.DataFrame) -> str:

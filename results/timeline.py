@@ -91,5 +91,7 @@ def timeline(df: pd.DataFrame, max_runs: int = 6, max_steps: int = 40) -> Figure
     fig.suptitle(head + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 * (1 + bool(notes)) / fig.get_figheight()))
     fig.harness = {"legend": list(handles), "notes": notes,
-                   "panels": [f"{meta.loc[r, 'label']} · seed {meta.loc[r, 'seed']}" for r in chosen]}
+                   "panels": [f"{meta.loc[r, 'label']} · seed {meta.loc[r, 'seed']}" for r in chosen],
+                   "caption": f"What each worker did over the first {max_steps} steps (computing, communicating, "
+                              "waiting; crashes hatched), for one seed of each setting: a schedule, not a mean."}
     return fig
