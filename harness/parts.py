@@ -349,20 +349,40 @@ class play(Part):  # noqa: N801
     """Each round the ``n_workers`` slots play ``n_workers`` distinct clients of ``ctx.n_clients``
     (slot ``i`` the ``i``-th of :func:`~harness.algorithms.blocks.sample_clients`), uniformly or
     in proportion to their data (``weighted``). Sets ``s.client``, ``s.cohort`` and the ``client``
-    metric (the table's client column); the slot's data and speed become the client's (``Play``)."""
+    metric (the table's client column); the slot's data and speed become the client's (``Play``).
+    ``participation``: a :class:`~harness.algorithms.blocks.Participation` (``bernoulli``: each
+    client available with its own ``p_n``); then ``s.cohort`` may be shorter than the slots and
+    the slots after it are idle in the round (client metric NaN; they play the cohort's first
+    client, or 0, and compute nothing: :func:`active` names the busy ones). Adds the
+    ``available`` metric (clients available this round)."""
 
-    def __init__(self, weighted: bool = False):
-        self.weighted = weighted
+    def __init__(self, weighted: bool = False, participation=None):
+        self.weighted, self.participation = weighted, participation
 
     def step(self, ctx, s, state):
         from harness.algorithms.blocks import sample_clients
 
-        cohort = sample_clients(ctx.seed, s.t, ctx.n_clients, ctx.n_workers,
-                                ctx.part_sizes if self.weighted else None)
-        c = torch.tensor(cohort)[ctx.index]
+        sizes = ctx.part_sizes if self.weighted else None
+        if self.participation is None:
+            cohort, avail = sample_clients(ctx.seed, s.t, ctx.n_clients, ctx.n_workers, sizes), None
+        else:
+            cohort, avail = self.participation.cohort(ctx.seed, s.t, ctx.n_clients, ctx.n_workers, sizes)
+        pad = ctx.n_workers - len(cohort)
+        c = torch.tensor([*cohort, *[cohort[0] if cohort else 0] * pad])[ctx.index]
         yield ops.Play(c)
-        metrics = {**(s.metrics or {}), "client": c.to(torch.float64)}
+        shown = c.to(torch.float64)
+        if pad:
+            shown = torch.where(ctx.index < len(cohort), shown, torch.full_like(shown, float("nan")))
+        metrics = {**(s.metrics or {}), "client": shown}
+        if avail is not None:
+            metrics["available"] = torch.full_like(shown, float(avail))
         return s._replace(client=c, cohort=cohort, metrics=metrics), state
+
+
+def active(ctx, s) -> tuple[int, ...]:
+    """The slots that play a client this round (:class:`play`): ``0 .. len(s.cohort) - 1``
+    (``members=`` of the round's ops; empty when nobody is available; all slots without play)."""
+    return tuple(range(ctx.n_workers)) if s.client is None else tuple(range(len(s.cohort)))
 
 
 class local_train(Part):  # noqa: N801
@@ -384,8 +404,11 @@ class local_train(Part):  # noqa: N801
         xg, x, lr = s.x, s.x, lr_at(s.t)
         st = tensorize(tr.init(x), x)
         loss = None
-        if self.steps:
-            plan = [(None, None, None)] * self.steps
+        if s.client is not None and not s.cohort:
+            return s, state  # play's participation: nobody is available this round
+        if self.steps:  # a cohort shorter than the slots (play's participation): the idle slots sit out
+            short = s.client is not None and len(s.cohort) < ctx.n_workers
+            plan = [(None, None, tuple(range(len(s.cohort))) if short else None)] * self.steps
         else:
             nb = [-(-ctx.part_sizes[c] // ctx.batch_size) for c in s.cohort]
             plan = [(s.t * self.epochs + e, k, tuple(i for i, b in enumerate(nb) if b > k))
@@ -417,12 +440,21 @@ class server_average(Part):  # noqa: N801
         self.weighted = weighted
 
     def step(self, ctx, s, state):
+        pad = 0 if s.client is None else ctx.n_workers - len(s.cohort)
         if self.weighted:
             total = float(sum(ctx.part_sizes[c] for c in s.cohort))
-            w = torch.tensor([ctx.part_sizes[c] / total for c in s.cohort], dtype=s.x.dtype)[ctx.index]
-            x = yield ops.AllReduce(w.unsqueeze(-1) * s.x, op="sum", via="server")
+            w = torch.tensor([ctx.part_sizes[c] / total for c in s.cohort] + [0.0] * pad, dtype=s.x.dtype)[ctx.index]
+            v, op = w.unsqueeze(-1) * s.x, "sum"
         else:
-            x = yield ops.AllReduce(s.x, op="mean", via="server")
+            v, op = s.x, "mean"
+        if not pad:
+            x = yield ops.AllReduce(v, op=op, via="server")
+        elif len(s.cohort):  # play's participation left slots idle: only the busy ones pay, all get x
+            from harness.algorithms.blocks import ServerSum
+
+            x = yield ServerSum(v, active=active(ctx, s), op=op)
+        else:
+            x = s.x  # nobody took part: the model stays
         return s._replace(x=x), state
 
 
@@ -437,5 +469,5 @@ class metric(Part):  # noqa: N801
         yield  # pragma: no cover
 
 
-__all__ = ["Part", "Step", "local_train", "play", "rewrite", "roles", "server_average", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
+__all__ = ["Part", "Step", "active", "local_train", "play", "rewrite", "roles", "server_average", "apply", "average", "chain", "gossip", "grad", "keyed", "local_step", "masked", "metric",
            "opt_update", "outer", "part", "run", "sampled", "select", "tensorize", "when"]

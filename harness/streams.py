@@ -20,6 +20,7 @@ KEYS = {
     "members": 31,       # blocks.sample_members: [seed, round, 31]
     "clients": 37,       # blocks.sample_clients: [seed, round, 37]
     "epochs": 41,        # Sampler.epoch: [seed, part, epoch, 41], a pass over a shard without replacement
+    "participation": 43,  # blocks.Participation: [seed, 43] the clients' p_n; [seed, round, 43] who is available
     # (harness.tasks.Sampler's torch generators: [seed, i, 7] per worker or part, [seed, i, part, 29] for Grad(part=))
 }
 

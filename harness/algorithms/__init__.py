@@ -261,6 +261,7 @@ def _load_builtin():
                                         fedavg, grawa, local_sgd, lsgd, palsgd, post_local_sgd, qsr, sync_sgd)
         from harness.algorithms import fedasync, fedbuff, fedfix  # noqa: F401  (issue 22: server roles)
         from harness.algorithms import fedopt, scaffold  # noqa: F401 (issue 22: SCAFFOLD, FedAdam/FedYogi/FedAdagrad)
+        from harness.algorithms import fedau, mifa  # noqa: F401 (issue 22: FedAU and its baselines, MIFA)
         _LOADED = True
     finally:
         _LOADING = False

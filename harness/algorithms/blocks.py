@@ -19,6 +19,7 @@ config is read, e.g. ``algorithm.period: Input should be greater than or equal t
 """
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from typing import Annotated, Callable
 
 from pydantic import Field
 
-from harness.ops import AllReduce, Gossip, retrying
+from harness.aggregators import fold
+from harness.cost import NONE, Cost
+from harness.ops import AllReduce, Collective, Gossip, retrying
 from harness.transforms import Optimizer
 
 # ---- ranges ------------------------------------------------------------------------------
@@ -190,6 +193,102 @@ def sample_clients(seed: int, rnd: int, n_clients: int, m: int, sizes=None) -> t
     return tuple(sorted(int(i) for i in streams.rng("clients", seed, rnd).choice(n_clients, m, replace=False, p=p)))
 
 
+@dataclass(frozen=True)
+class Participation:
+    """Which clients can take part in a round (:class:`harness.parts.play`), issue [22].
+
+    * ``uniform`` (default): every round the slots play ``m`` clients drawn without replacement
+      (:func:`sample_clients`), as FedAvg samples them.
+    * ``bernoulli``: client ``n`` is available in a round with its own probability ``p_n``,
+      independently of the other clients and rounds (FedAU's setting, Wang & Ji, arXiv 2306.03401,
+      Sec. 5). ``p_n = min(1, max(p_min, p_mean N w_n))`` with ``w ~ Dirichlet(alpha 1_N)``: the form
+      of the FedAU authors' code (``util.data_participation_each_node``: a Dirichlet multiplier
+      scaled to mean ``p_mean``, floored at ``p_min``), drawn per client instead of per label, so
+      it needs no labels; small ``alpha`` spreads the ``p_n`` further. The round's cohort is the
+      available clients; the ``m`` slots are the server's capacity: if more are available, ``m``
+      of them are drawn uniformly and the others sit the round out (the ``available`` metric
+      counts them all); if fewer, the extra slots are idle. Pick ``n_workers`` well above
+      ``sum_n p_n`` so that capacity rarely binds.
+
+    Both are pure functions of ``(seed, round)`` (streams ``clients``, ``participation``), so
+    every slot and every backend draws the same cohort without communicating."""
+    kind: str = "uniform"
+    p_mean: float = 0.1
+    p_min: float = 0.02
+    alpha: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("uniform", "bernoulli"):
+            raise ValueError(f"participation: {self.kind!r} is not a participation model; use uniform or bernoulli")
+        if not (0 < self.p_min <= self.p_mean <= 1) or self.alpha <= 0:
+            raise ValueError(f"participation: need 0 < p_min ({self.p_min}) <= p_mean ({self.p_mean}) <= 1 and "
+                             f"alpha ({self.alpha}) > 0")
+
+    def probs(self, seed: int, n_clients: int, m: int = 0) -> tuple[float, ...]:
+        """Each client's probability ``p_n`` of taking part in a round (``uniform``: ``m / N``)."""
+        if self.kind == "uniform":
+            return (m / n_clients,) * n_clients
+        return _bernoulli_probs(seed, n_clients, self.p_mean, self.p_min, self.alpha)
+
+    def cohort(self, seed: int, rnd: int, n_clients: int, m: int, sizes=None) -> tuple[tuple[int, ...], int]:
+        """``(clients, available)``: the clients the slots play in round ``rnd`` (ascending; slot
+        ``i`` plays the ``i``-th, the slots after the last are idle) and how many were available."""
+        if self.kind == "uniform":
+            return sample_clients(seed, rnd, n_clients, m, sizes), m
+        return _bernoulli_cohort(seed, rnd, n_clients, m, self.probs(seed, n_clients))
+
+
+@functools.lru_cache(maxsize=16)
+def _bernoulli_probs(seed, n, p_mean, p_min, alpha):
+    import numpy as np
+    from harness import streams
+
+    w = streams.rng("participation", seed).dirichlet(alpha * np.ones(n))
+    return tuple(float(p) for p in np.minimum(1.0, np.maximum(p_min, p_mean * n * w)))
+
+
+@functools.lru_cache(maxsize=4)
+def _bernoulli_cohort(seed, rnd, n, m, probs):
+    import numpy as np
+    from harness import streams
+
+    if not 1 <= m <= n:
+        raise ValueError(f"clients: need 1 <= slots = {m} <= n_clients = {n}")
+    g = streams.rng("participation", seed, rnd)
+    avail = np.flatnonzero(g.random(n) < np.asarray(probs))
+    chosen = avail if len(avail) <= m else g.choice(avail, m, replace=False)
+    return tuple(sorted(int(i) for i in chosen)), len(avail)
+
+
+@dataclass(frozen=True)
+class ServerSum(Collective):
+    """A federated round's aggregate when only the ``active`` slots hold a client (issue [22],
+    :class:`Participation` ``bernoulli``): the server combines the active slots' payloads (``op``
+    ``sum`` or ``mean``, ascending slot order, as ``AllReduce``) and every slot gets the result,
+    so an idle slot starts its next client's round from the current model. Priced as
+    ``AllReduce(via="server")`` over the active slots only (``NetworkSpec.server_cost``: each
+    uploads and downloads once); an idle slot moves nothing. In a deployment the download goes
+    to a round's participants at its start; the count per round is the same, ``2 |S_t|``
+    models. Members are all slots (``members`` None), so the collective is one barrier."""
+    x: Any
+    active: tuple = ()
+    op: str = "sum"
+    members: Any = None
+    codec: Any = None
+
+    def combine(self, payloads, ids=None):
+        ids = list(range(len(payloads))) if ids is None else list(ids)
+        mine = [p for j, p in zip(ids, payloads) if j in self.active]
+        total = fold(mine)
+        return total / len(mine) if self.op == "mean" else total
+
+    def cost(self, net, sizes, ids):
+        act = [j for j in ids if j in self.active]
+        c = net.server_cost(max(sizes), act)
+        per = dict(zip(act, c.traffic))
+        return Cost(c.seconds, tuple(per.get(j, NONE) for j in ids))
+
+
 class Versions:
     """A server's model versions, for the ``staleness`` of every update it applies:
     the number of updates applied since the sender last received the model (the
@@ -210,6 +309,6 @@ class Versions:
         self.pulled[src] = self.version
 
 
-__all__ = ["Fraction", "NonNegative", "Optimizer", "Period", "Positive", "Prob", "Smoothing", "Steps", "Trigger", "Unit", "Versions", "sample_members",
+__all__ = ["Fraction", "NonNegative", "Optimizer", "Period", "Positive", "Prob", "Smoothing", "Steps", "Participation", "ServerSum", "Trigger", "Unit", "Versions", "sample_members",
            "after", "elastic_pull", "every", "gossip_average", "mean_average", "outer_step", "qsr_rule",
            "warmup_then_periodic", "weighted_average"]

@@ -34,7 +34,9 @@ class CommHandlers:
         return ops.wire(payload, codec)[1]
 
     def _cost(self, op, sizes, ids):
-        key = (type(op), getattr(op, "op", None), str(op.codec), tuple(sizes), ids)
+        # every field but the payload and members can change the price (Broadcast's root, ServerSum's active)
+        key = (type(op), str(op.codec), tuple(sizes), ids,
+               *(repr(getattr(op, f)) for f in op.__dataclass_fields__ if f not in ("x", "members", "codec")))
         c = self._costs.get(key)
         if c is None:
             c = self._costs[key] = op.cost(self.cfg.network, sizes, ids)
