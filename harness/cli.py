@@ -10,9 +10,15 @@
     harness topology NAME --n 16 [--out graph.png]
     harness sweep CONFIG --jobs K
     harness slurm submit CONFIG [--partition P --time T | --backend mpi|torch --nodes N ...] [--dry-run]
+    harness slurm status DIR
+    mpiexec -n 4 harness calibrate CONFIG --backend mpi [--only I];  harness predict RUNS --calibration F
 
+One parser tree: every command is a subparser of ``_parser()`` built by :func:`subcommand`
+(same formatter, error style and ``examples:`` epilog); commands whose module is heavy to
+import (``MOUNTED``) get their arguments from that module's ``add_arguments(p, name)`` only
+when they are the command parsed.
 Every user mistake ends with one line ``harness: error: ...`` and exit status 2 (argparse's
-usage errors included, with "did you mean" for a misspelt choice), before anything is run or
+usage errors included, with "did you mean" for a misspelt choice or option), before anything is run or
 written. ``--help`` of every command shows each option's default and examples (plain text:
 help strings carry no docstring markup). ``--help`` and ``--version`` import neither torch nor
 pandas (issue [27]: < 0.5 s): this module imports only light modules at its top, and the
@@ -48,8 +54,16 @@ def did_you_mean(word: str, choices) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises one line instead of printing a usage block and exiting; the
-    subcommand parsers are built from this class too."""
+    """argparse that raises one line instead of printing a usage block and exiting; every
+    subcommand of the tree is one too (argparse builds subparsers of the parent's class). An
+    unknown option is reported by the subcommand that was chosen (its ``--help`` named), with a
+    "did you mean" among that command's options."""
+
+    def parse_args(self, args=None, namespace=None):
+        a, extras = self.parse_known_args(args, namespace)
+        if extras:  # argparse would report these from the top parser; the chosen command says it
+            getattr(a, "_parser", self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return a
 
     def error(self, message):
         cmds = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
@@ -60,6 +74,10 @@ class _Parser(argparse.ArgumentParser):
         bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if bad:
             message += did_you_mean(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)))
+        unknown = re.match(r"unrecognized arguments: (-\S+)", message)
+        if unknown:
+            options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            message += did_you_mean(unknown.group(1).split("=")[0], options)
         arg_names = {"config": "CONFIG", "dir": "DIR"}
         for name, shown in arg_names.items():
             message = message.replace(f"required: {name}", f"required: {shown}")
@@ -80,7 +98,9 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+        none = action.default is None or action.default is False or action.default == [] or \
+            action.default is argparse.SUPPRESS  # identity: a default of 0 is shown (0 == False)
+        if "default" in text or not action.option_strings or none:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -101,7 +121,46 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def subcommand(sub, name: str, what: str, *examples: str, description: str | None = None):
+    """A subcommand of the tree: one-line ``help`` in its parent's list, the same formatter and
+    error style everywhere, an ``examples:`` epilog. ``_parser`` in its defaults names it, so an
+    unknown option is reported by (and with the options of) the command that was chosen."""
+    p = sub.add_parser(name, help=what, description=description or what[0].upper() + what[1:] + ".",
+                       formatter_class=_Help, epilog=_examples(*examples) if examples else None)
+    p.set_defaults(_parser=p)
+    return p
+
+
+def subcommands(p: argparse.ArgumentParser, dest: str = "cmd"):
+    """The subparsers action of ``p`` (required; ``COMMAND`` in usage lines and errors)."""
+    return p.add_subparsers(dest=dest, required=True, metavar="COMMAND")
+
+
+# Commands whose arguments live in their own module, which may be heavy to import (topologies
+# imports torch): ``harness --help`` lists them from this table, and a module's
+# ``add_arguments(p, name)`` fills in its command only when that command is the one parsed
+# (``_parser(argv)``) or the whole tree is asked for (``_parser()``: tests, documentation).
+MOUNTED = {
+    "topology": ("print a graph's degree, diameter and spectral gap; draw it", "topologies.cli"),
+    "sweep": ("run a config's grid locally, K runs at a time, on K warm worker processes", "harness.slurm"),
+    "slurm": ("submit a config's runs to SLURM (job arrays, or srun for mpi/torch); show their status",
+              "harness.slurm"),
+    "calibrate": ("measure compute and communication on a real launch; fit compute: and network:",
+                  "harness.calibration.cli"),
+    "predict": ("replay real runs on simpy with a calibration; predicted vs measured time", "harness.calibration.cli"),
+}
+
+
+def _command_of(argv: list[str] | None) -> str | None:
+    """The command word of ``argv`` (its first word that is not an option), if any."""
+    return next((w for w in argv if not w.startswith("-")), None) if argv is not None else None
+
+
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The one parser tree of ``harness``. With ``argv``, only the mounted command that ``argv``
+    names gets its arguments (imports stay light for ``--help`` and the other commands)."""
+    import importlib
+
     from harness.catalog import KINDS
 
     p = _Parser(prog="harness", formatter_class=_Help,
@@ -110,11 +169,10 @@ def _parser() -> argparse.ArgumentParser:
                                  "harness list algorithms", "harness COMMAND --help    (options, defaults, examples)"))
     p.add_argument("--version", action="version", version=f"harness {_version()}",
                    help="print the installed version and exit")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = subcommands(p)
 
     def command(name, what, *examples, **kw):
-        return sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".", formatter_class=_Help,
-                              epilog=_examples(*examples), **kw)
+        return subcommand(sub, name, what, *examples, **kw)
 
     r = command("run", "run every experiment a config describes",
                 "harness run presets/demo.yaml --out runs/demo",
@@ -122,52 +180,66 @@ def _parser() -> argparse.ArgumentParser:
                 "harness run presets/demo.yaml --set cases.2.algorithm.period=16 --list",
                 "harness run presets/demo.yaml --only 1,3 --print-config   # runs 1 and 3 as resolved, nothing run",
                 "mpiexec -n 4 harness run my.yaml --backend mpi    (docs/real-backends.md)")
+    r.set_defaults(func=cmd_run)
     r.add_argument("config", metavar="CONFIG", help="YAML experiment file, e.g. presets/demo.yaml")
     r.add_argument("--backend", choices=BACKENDS, help="override the config's backend (default: the config's, "
                    "else simpy)")
     r.add_argument("--out", metavar="DIR", type=dir_arg, help="output directory (default: runs/<config name>)")
-    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field in every run (dotted key; value parsed as YAML); repeatable; "
-                   "cases.N.KEY=VALUE sets it in case N only (1 = the first case; wins over a plain --set of the same key), "
-                   "grid.KEY=[v1,v2] sets a "
-                   "grid axis (default: none)")
+    add_set(r)
     r.add_argument("--only", metavar="I,J,...", help="run only these expanded runs, numbered from 1 as --list shows "
                    "them (like cases.N), comma separated; default: all")
     r.add_argument("--list", action="store_true", help="list the expanded runs, numbered from 1, and exit")
     r.add_argument("--print-config", action="store_true",
                    help="print each selected run's resolved config as YAML (every default filled in) and exit")
     r.add_argument("--force", action="store_true", help="re-run runs that already finished in DIR")
-    changed = r.add_mutually_exclusive_group()
-    changed.add_argument("--rerun-changed", action="store_true",
-                         help="re-run finished runs whose code (algorithm, task, plugin, op or backend files) changed "
-                         "since; without it or --keep-changed such runs stop the command with one line")
-    changed.add_argument("--keep-changed", action="store_true",
-                         help="keep finished runs whose code changed since, as they are")
+    add_changed(r)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--save-params", action="store_true",
                    help="also write each run's final parameters to DIR/<run_id>/final_params.pt")
     rep = command("report", "summary table, plots and index.html for a directory of runs",
                   "harness report runs/demo", "harness report runs/demo --target 0.85 --out /tmp/demo-report")
+    rep.set_defaults(func=cmd_report)
     rep.add_argument("dir", metavar="DIR", help="a directory written by harness run (or sweep, slurm submit)")
     rep.add_argument("--target", type=float, default=None, metavar="ACC", help="target test accuracy (default: the runs' target_acc)")
     rep.add_argument("--out", metavar="DIR2", type=dir_arg, help="write the report into this directory (default: DIR/report)")
     ls = command("list", "list algorithms, tasks, topologies, compute models and codecs with their parameters",
                  "harness list", "harness list algorithms", "harness list topologies",
                  "harness list algorithms --config my_experiment.yaml   # with the algorithms its imports: register")
+    ls.set_defaults(func=cmd_list)
     ls.add_argument("kind", nargs="?", choices=KINDS, metavar="KIND",
                     help=f"one of {', '.join(KINDS)} (default: all of them)")
     ls.add_argument("--config", metavar="CONFIG", help="also list what this config's imports: register (plugin "
                     "algorithms, tasks, topologies; the config is validated too; default: the built-in ones only)")
-    t = sub.add_parser("topology", help="print a graph's degree, diameter and spectral gap; draw it", add_help=False)
-    t.add_argument("args", nargs=argparse.REMAINDER)
-    sl = sub.add_parser("slurm", help="submit a config's runs to SLURM (job array, or srun for mpi/torch)", add_help=False)
-    sl.add_argument("args", nargs=argparse.REMAINDER)
-    sw = sub.add_parser("sweep", help="run a config's grid locally, K runs at a time", add_help=False)
-    sw.add_argument("args", nargs=argparse.REMAINDER)
-    for name, what in (("calibrate", "fit compute: and network: from a real launch (mpiexec/torchrun)"),
-                       ("predict", "replay real runs with a calibration; predicted vs measured time")):
-        sub.add_parser(name, help=what, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
+    wanted = _command_of(argv)
+    for name, (what, module) in MOUNTED.items():
+        c = command(name, what)
+        if argv is None or name == wanted:
+            importlib.import_module(module).add_arguments(c, name)
     return p
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` as every command that reads a config takes it."""
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field in every run (dotted key; value parsed as YAML); repeatable; "
+                   "cases.N.KEY=VALUE sets it in case N only (1 = the first case; wins over a plain --set of the same "
+                   "key), grid.KEY=[v1,v2] sets a grid axis (default: none)")
+
+
+def add_changed(p: argparse.ArgumentParser) -> None:
+    """``--rerun-changed`` / ``--keep-changed``: what to do with finished runs whose code changed
+    (:func:`harness.codeid.check_runs`; ``harness run`` and ``harness slurm submit``)."""
+    changed = p.add_mutually_exclusive_group()
+    changed.add_argument("--rerun-changed", action="store_true",
+                         help="re-run finished runs whose code (algorithm, task, plugin, op or backend files) changed "
+                         "since; without it or --keep-changed such runs stop the command with one line")
+    changed.add_argument("--keep-changed", action="store_true",
+                         help="keep finished runs whose code changed since, as they are")
+
+
+def changed_policy(a) -> str:
+    """``rerun``, ``keep`` or ``refuse`` (the default) from ``--rerun-changed``/``--keep-changed``."""
+    return "rerun" if a.rerun_changed else "keep" if a.keep_changed else "refuse"
 
 
 def select(runs: list, only: str | None) -> list:
@@ -201,7 +273,7 @@ def print_configs(runs: list, numbers: dict[str, int]) -> None:
 
 
 def cmd_run(a) -> int:
-    from harness import codeid, config
+    from harness import checkpoint, codeid, config
     from harness.experiment import run_to_dir
 
     sets = list(a.sets) + ([f"backend={a.backend}"] if a.backend else [])
@@ -218,10 +290,11 @@ def cmd_run(a) -> int:
         for cfg in runs if _is_root() else []:
             print(f"{numbers[cfg.run_id]:4d}  {cfg.run_id}")
         return 0
-    policy = "rerun" if a.rerun_changed else "keep" if a.keep_changed else "refuse"
+    policy = changed_policy(a)
     note = (lambda line: print(line, file=sys.stderr, flush=True)) if _is_root() else (lambda line: None)
     rerun = set() if a.force else codeid.check_runs(runs, out, policy, note=note)  # [issue 27] before any run
     root = _is_root()  # real backends: every rank runs this loop; only rank 0 prints
+    checkpoint.install_signals()  # SIGTERM/SIGUSR1 (SLURM before a time limit): save, stop, exit 75
     t0 = time.perf_counter()
     diverged = []  # [issue 14] runs that diverged, now or before: the sweep goes on, exit status 1
     from harness.progress import Progress  # [issue 15] overall line with ETA (periodic without a terminal)
@@ -239,6 +312,13 @@ def cmd_run(a) -> int:
         try:
             run_dir, ran = run_to_dir(cfg, out, on_eval=on_eval, force=a.force or cfg.run_id in rerun,
                                       save_params=a.save_params)
+        except checkpoint.Preempted as e:  # [issue 27] SIGTERM/SIGUSR1: exit 75, the same command resumes
+            overall.close()
+            if root:
+                saved = f"saved at step {e.step}" if e.step is not None else f"no new checkpoint ({e.why})"
+                print(f"harness: preempted: run {cfg.run_id}: {saved}; run the same command again to resume "
+                      f"(exit status {checkpoint.PREEMPTED_EXIT})", file=sys.stderr, flush=True)
+            return checkpoint.PREEMPTED_EXIT
         except BaseException:
             overall.close()
             raise
@@ -370,31 +450,19 @@ def cmd_list(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["topology"]:
-        from topologies.cli import main as topology_main
-
-        return topology_main(argv[1:])
-    if argv[:1] in (["calibrate"], ["predict"]):  # [issue 17] harness/calibration/
-        from harness.calibration.cli import main as calibration_main
-
-        return calibration_main(argv)
-    if argv[:1] in (["slurm"], ["sweep"]):
-        from harness.slurm import main as slurm_main
-
-        return slurm_main(argv[1:], sweep_mode=argv[0] == "sweep")
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         try:
-            a = _parser().parse_args(argv)
+            a = _parser(argv).parse_args(argv)
         except SystemExit as e:  # --help, --version: printed; mistakes raise _UsageError instead
             return int(e.code or 0)
         from results.errors import ResultsError  # after parsing: --help and --version stay light
 
         try:
-            return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[a.cmd](a)
+            return a.func(a)
         except ResultsError as e:
             raise _config_error(str(e)) from None
-    except (ValueError, OSError) as e:  # ConfigError is a ValueError
+    except (ValueError, OSError) as e:  # ConfigError, TopologyError, SlurmError are ValueErrors
         if _is_root():  # under a parallel launcher every rank fails alike; say it once
             print(f"harness: error: {' '.join(os_error_line(e).split())}", file=sys.stderr)
         return 2

@@ -1,21 +1,30 @@
-"""``harness slurm submit`` and ``harness sweep``: run a config's grid on SLURM or locally.
+"""``harness slurm submit|status`` and the arguments of ``harness sweep``: a config's grid on SLURM.
 
-* Sweeps of simulations become ONE job array (``slurm/array.sbatch``): array task ``i`` runs
-  the config's run number ``i`` (``harness run CONFIG --only i``; numbered from 1 as ``--list``
-  shows them, so array task ids start at 1), at most
-  ``--max-concurrent`` at once. Runs already finished in ``--out`` are left out of the array,
-  so re-submitting the same command only runs what is missing; a requeued task re-runs its
-  point from the start and replaces its results atomically (no duplicated or lost rows).
+* Sweeps of simulations become job arrays (``slurm/array.sbatch``): array task ``i`` runs the
+  config's run number ``i + offset`` (``harness run CONFIG --only N``; numbered from 1 as
+  ``--list`` shows them), at most ``--max-concurrent`` at once. A grid larger than the
+  cluster's ``MaxArraySize`` (``scontrol show config``; SLURM's default 1001 without one)
+  becomes several arrays, each of task ids ``1..MaxArraySize-1`` with its own offset. Runs
+  finished in ``--out`` are left out, so re-submitting the same command runs what is missing;
+  finished runs whose code changed since are refused, re-run or kept as ``harness run`` does
+  (``--rerun-changed`` / ``--keep-changed``, :func:`harness.codeid.check_runs`).
 * Real distributed runs (``--backend mpi|torch``) become one job (``slurm/mpi.sbatch`` /
-  ``slurm/torch.sbatch``) whose ranks are launched by ``srun``.
-* ``harness sweep CONFIG --jobs K`` runs the same grid here, K runs at a time
-  (:mod:`harness.sweep`).
+  ``slurm/torch.sbatch``) whose ranks ``srun`` launches, one run after another; a failed run
+  does not stop the others (the job fails at the end, naming them).
+* Every template asks for USR1 ``--grace`` seconds before the time limit and requeues the job
+  when the run, told by that signal, saved a checkpoint (exit status 75); the contract is in
+  ``slurm/run-one.sbatch`` and docs/slurm-cluster-notes.md.
+* What was submitted (job ids, run numbers and ids) is appended to ``OUT/slurm-submissions.jsonl``,
+  which ``harness slurm status OUT`` (:mod:`harness.slurm_status`) reads.
+* ``harness sweep CONFIG --jobs K`` runs the same grid here (:mod:`harness.sweep`); its
+  arguments are defined here, next to the ones it shares with ``submit``.
 
-The templates are plain sbatch files (Jinja2 placeholders) a user can copy and edit.
+This module is imported to build the parser: only light modules at its top.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import shutil
@@ -25,54 +34,95 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import jinja2
+from harness import capabilities
+from harness.slurm_check import SlurmError, check_args, grace_for, printable
+from harness.slurm_status import SUBMISSIONS
 
-from harness import capabilities, config as config_mod
-from harness.config import ConfigError
-
-
-class SlurmError(ValueError):
-    """A SLURM submission problem; one line naming the fix."""
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize: array task ids 0..1000
 
 
 def _common(p: argparse.ArgumentParser):
     """The arguments ``harness slurm submit`` and ``harness sweep`` share with ``harness run``."""
-    p.add_argument("config", help="YAML experiment file, e.g. presets/demo.yaml")
-    from harness.cli import dir_arg
+    from harness.cli import add_set, dir_arg
 
-    p.add_argument("--out", type=dir_arg, help="output directory (default: runs/<config name>)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (dotted key; value parsed as YAML; cases.N.KEY for case N "
-                        "only); repeatable (default: none)")
+    p.add_argument("config", metavar="CONFIG", help="YAML experiment file, e.g. presets/demo.yaml")
+    p.add_argument("--out", metavar="DIR", type=dir_arg, help="output directory (default: runs/<config name>)")
+    add_set(p)
 
 
-def parser() -> argparse.ArgumentParser:
-    from harness.cli import _examples, _Help, _Parser  # one-line usage errors, defaults in --help
+def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """``harness sweep`` or ``harness slurm`` (``name``) on ``p``, a subcommand of the one tree."""
+    from harness.cli import _examples, add_changed, dir_arg, subcommand, subcommands
 
-    p = _Parser(prog="harness slurm", formatter_class=_Help, description="submit a config's runs to SLURM")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="submit")
-    s = sub.add_parser(
-        "submit", formatter_class=_Help, help="write an sbatch script for the config's runs and submit it",
-        description="Simulations become one job array (one task per unfinished run); --backend mpi|torch "
-                    "becomes one job whose ranks srun launches.",
-        epilog=_examples("harness slurm submit presets/demo.yaml --partition cpu --time 00:30:00 --dry-run",
-                         "harness slurm submit presets/demo.yaml --backend mpi --nodes 2 --ntasks-per-node 8"))
+    if name == "sweep":
+        p.description = "Run a config's grid locally, K runs at a time, on K warm worker processes."
+        p.epilog = _examples("harness sweep presets/demo.yaml --jobs 2", "harness sweep presets/demo.yaml --list",
+                             "HARNESS_PROGRESS_EVERY=60 harness sweep presets/demo.yaml --jobs 2 > sweep.log")
+        p.set_defaults(func=cmd_sweep)
+        _common(p)
+        p.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
+        p.add_argument("--backend", choices=["simpy", "stacked", *capabilities.REAL],
+                       help="override the config's backend (default: the config's; simpy or stacked)")
+        p.add_argument("--list", action="store_true", help="list the expanded runs, numbered from 1, and exit")
+        p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+        return
+    p.description = "Submit a config's runs to SLURM and follow them."
+    p.epilog = _examples("harness slurm submit presets/demo.yaml --partition cpu --time 00:30:00",
+                         "harness slurm status runs/demo")
+    sub = subcommands(p, "slurm_cmd")
+    s = subcommand(sub, "submit", "write an sbatch script for the config's unfinished runs and submit it",
+                   "harness slurm submit presets/demo.yaml --partition cpu --time 00:30:00 --dry-run",
+                   "harness slurm submit presets/demo.yaml --backend mpi --nodes 2 --ntasks-per-node 8",
+                   "harness slurm submit presets/demo.yaml --time 2-00:00:00 --grace 600   # USR1 10 min before",
+                   description="Simulations become job arrays (one task per unfinished run, split at the cluster's "
+                               "MaxArraySize); --backend mpi|torch becomes one job whose ranks srun launches. Every "
+                               "job asks for USR1 --grace seconds before its time limit, passes it on to the run, "
+                               "which saves a checkpoint, and requeues itself to resume.")
+    s.set_defaults(func=submit)
     _common(s)
     s.add_argument("--backend", choices=list(capabilities.SELECTABLE), default=None,
                    help="override the config's backend (mpi/torch: one multi-rank job; default: the config's)")
     s.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
     s.add_argument("--time", default="01:00:00", help="wall-time limit per array task / job")
+    s.add_argument("--grace", type=int, default=None, metavar="SECONDS",
+                   help="USR1 this long before the time limit, to checkpoint and requeue (default: 300, or a "
+                        "tenth of --time when that is less)")
     s.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per array task or rank")
     s.add_argument("--mem", help="memory per node, e.g. 4G (default: the cluster's default)")
     s.add_argument("--max-concurrent", type=int, default=16, help="array tasks running at once")
     s.add_argument("--nodes", type=int, default=1, help="nodes of a real (mpi/torch) job")
     s.add_argument("--ntasks-per-node", type=int, help="ranks per node (real runs; default: n_workers / nodes)")
-    s.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node of a real job (default: 0, none)")
+    s.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node of a real job")
     s.add_argument("--mpi", default="pmi2", help="srun --mpi plugin (real MPI runs)")
-    s.add_argument("--sbatch-arg", action="append", default=[], help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=low; repeatable (default: none)")
+    s.add_argument("--sbatch-arg", action="append", default=[],
+                   help="extra '#SBATCH' line, e.g. --sbatch-arg=--qos=low; repeatable (default: none)")
     s.add_argument("--job-name", help="SLURM job name (default: the config's name)")
-    s.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
-    return p
+    add_changed(s)
+    s.add_argument("--dry-run", action="store_true", help="print the script(s), submit nothing")
+    st = subcommand(sub, "status", "say which runs of the submissions to DIR are done, running, pending or failed",
+                    "harness slurm status runs/demo", "harness slurm status runs/demo --all")
+    st.set_defaults(func=cmd_status)
+    st.add_argument("dir", metavar="DIR", type=dir_arg, help="the --out directory of harness slurm submit")
+    st.add_argument("--all", action="store_true", help="list every run, not only those that are not done")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``harness slurm`` subcommand of the one tree (tests and documentation)."""
+    from harness.cli import _parser
+
+    return next(a for a in _parser(["slurm"])._actions if isinstance(a, argparse._SubParsersAction)).choices["slurm"]
+
+
+def cmd_sweep(a) -> int:
+    from harness.sweep import sweep
+
+    return sweep(a)
+
+
+def cmd_status(a) -> int:
+    from harness.slurm_status import status
+
+    return status(Path(a.dir), show_all=a.all)
 
 
 def pending(runs, out: Path) -> list[int]:
@@ -95,6 +145,34 @@ def compress(ix: list[int]) -> str:
     return ",".join(parts)
 
 
+def chunks(todo: list[int], max_array_size: int) -> list[tuple[int, list[int]]]:
+    """``[(offset, run numbers)]``: arrays whose task ids ``number - offset`` lie in
+    ``1..max_array_size - 1`` (SLURM refuses an index >= MaxArraySize). One chunk, offset 0,
+    while every number fits: then task ids are the run numbers themselves."""
+    width = max_array_size - 1
+    if width < 1:
+        raise SlurmError(f"MaxArraySize {max_array_size}: this cluster allows no array task id above 0; run the "
+                         "grid with --backend mpi|torch or `harness sweep`")
+    groups: dict[int, list[int]] = {}
+    for n in todo:
+        groups.setdefault((n - 1) // width * width, []).append(n)
+    return sorted(groups.items())
+
+
+def max_array_size() -> int:
+    """The cluster's ``MaxArraySize`` (``scontrol show config``), else SLURM's default 1001."""
+    scontrol = shutil.which("scontrol")
+    if scontrol:
+        try:
+            res = subprocess.run([scontrol, "show", "config"], capture_output=True, text=True, timeout=30)
+            m = re.search(r"^MaxArraySize\s*=\s*(\d+)", res.stdout, re.M)
+            if res.returncode == 0 and m:
+                return int(m.group(1))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
 def template(kind: str) -> str:
     """The text of ``slurm/<kind>.sbatch``. The templates are package data of the ``slurm``
     package, so they are found in a wheel install as in a checkout (docs/design.md, Packaging)."""
@@ -106,7 +184,11 @@ def template(kind: str) -> str:
 
 
 def render(kind: str, **fields) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    """``slurm/<kind>.sbatch`` filled in; ``{% include "run-one.sbatch" %}`` is another template."""
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             loader=jinja2.FunctionLoader(lambda name: template(name.removesuffix(".sbatch"))))
     return env.from_string(template(kind)).render(**fields)
 
 
@@ -125,79 +207,39 @@ def check_partition(partition: str) -> None:
         raise SlurmError(f"--partition {partition}: no such partition; available: {', '.join(names) or 'none'}")
 
 
-def script_for(a, runs, todo: list[int], out: Path) -> tuple[str, str]:
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def scripts_for(a, runs, todo: list[int], out: Path, array_size: int | None = None) -> list[tuple[str, str, list[int], int]]:
+    """``[(kind, script, run numbers, offset)]``: one array per chunk of ``todo``, or one real job."""
     cfg0 = runs[0]
     check_args(a)
     sets = [*a.sets, *([f"backend={a.backend}"] if a.backend else [])]
     paths = {"--config": str(Path(a.config).resolve()), "--out": str(out.resolve()), "the current directory":
              str(Path.cwd()), "the Python interpreter": sys.executable}
     for what, text in paths.items():
-        _printable(what, text)
+        printable(what, text)
+    flags = " --rerun-changed" if a.rerun_changed else " --keep-changed" if a.keep_changed else ""
     fields = dict(job_name=a.job_name or _SAFE_NAME.sub("_", f"harness-{cfg0.name}"), partition=a.partition,
-                  time=a.time, cpus_per_task=a.cpus_per_task, mem=a.mem,
+                  time=a.time, grace=grace_for(a.time, a.grace), cpus_per_task=a.cpus_per_task, mem=a.mem,
                   log_dir=shlex.quote(str(out / "slurm-logs")), sbatch_args=a.sbatch_arg,
                   workdir=shlex.quote(paths["the current directory"]),
                   harness=f"{shlex.quote(sys.executable)} -m harness.cli", config=shlex.quote(paths["--config"]),
-                  out=shlex.quote(paths["--out"]), sets="".join(f" --set {shlex.quote(s)}" for s in sets))
+                  out=shlex.quote(paths["--out"]), flags=flags, sets="".join(f" --set {shlex.quote(s)}" for s in sets))
     if a.backend in capabilities.REAL:
         ranks = max(cfg.n_workers + (1 if _has_server(cfg) else 0) for cfg in (runs[i - 1] for i in todo))
         per_node = a.ntasks_per_node or -(-ranks // a.nodes)
         if per_node * a.nodes != ranks:
             raise SlurmError(f"--nodes {a.nodes} x --ntasks-per-node {per_node} = {per_node * a.nodes} ranks, "
                              f"but the runs need {ranks}; set --ntasks-per-node so that nodes x tasks = {ranks}")
-        fields.update(nodes=a.nodes, ntasks_per_node=per_node, gpus_per_node=a.gpus_per_node, mpi=a.mpi,
-                      indices=" ".join(map(str, todo)))
-        return a.backend, render(a.backend, **fields)
-    fields.update(array=f"{compress(todo)}%{a.max_concurrent}")
-    return "array", render("array", **fields)
-
-
-# -- every value that reaches the script is checked: an sbatch script is a shell script, and
-# `#SBATCH` lines are parsed by sbatch itself (no shell quoting there), so a value with a newline
-# would start a line of its own (a command, or another #SBATCH option). [issue 21]
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_FORMATS = {  # option -> (pattern, what it must be)
-    "job_name": (r"[A-Za-z0-9._+-]{1,200}", "letters, digits, '.', '_', '+' or '-' (at most 200), e.g. my-sweep"),
-    "partition": (r"[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*", "a partition name (or a comma-separated list), e.g. cpu"),
-    "time": (r"(\d+|\d+:\d\d?|\d+:\d\d?:\d\d?|\d+-\d+|\d+-\d+:\d\d?|\d+-\d+:\d\d?:\d\d?|UNLIMITED|"
-             r"unlimited|INFINITE|infinite)",
-             "a SLURM time: MINUTES, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, e.g. 01:30:00"),
-    "mem": (r"\d+[KMGTkmgt]?", "a size in megabytes or with a unit K, M, G or T, e.g. 4G"),
-    "mpi": (r"[A-Za-z0-9_]+", "an srun --mpi plugin name, e.g. pmi2 or pmix"),
-}
-_COUNTS = {"cpus_per_task": 1, "max_concurrent": 1, "nodes": 1, "ntasks_per_node": 1, "gpus_per_node": 0}
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def _printable(what: str, text: str) -> None:
-    bad = _CONTROL.search(text)
-    if bad:
-        raise SlurmError(f"{what}: {text!r} contains the control character {bad.group()!r} (a newline would start "
-                         "a line of its own in the sbatch script); remove it")
-
-
-def check_args(a) -> None:
-    """Every option that is written into the sbatch script, checked before a line is written:
-    one line naming the option and its valid form."""
-    for dest, least in _COUNTS.items():
-        v = getattr(a, dest, None)
-        if v is not None and v < least:
-            raise SlurmError(f"{_flag(dest)} {v}: expected a whole number >= {least}")
-    for dest, (pattern, what) in _FORMATS.items():
-        v = getattr(a, dest, None)
-        if v is not None and not re.fullmatch(pattern, v):
-            raise SlurmError(f"{_flag(dest)} {v!r}: expected {what}")
-    for s in a.sets:  # shlex.quote would keep a newline inside quotes; refused all the same
-        _printable("--set", s)
-    for line in a.sbatch_arg:
-        _printable("--sbatch-arg", line)
-        if not line.startswith("-") or not line.strip():
-            raise SlurmError(f"--sbatch-arg {line!r}: expected an sbatch option that starts with '-', "
-                             "e.g. --sbatch-arg=--qos=low")
+        fields.update(nodes=a.nodes, ntasks_per_node=per_node, gpus_per_node=a.gpus_per_node, backend=a.backend,
+                      srun_args=f" --mpi={a.mpi}" if a.backend == "mpi" else "", indices=" ".join(map(str, todo)),
+                      count=len(todo))
+        return [(a.backend, render(a.backend, **fields), todo, 0)]
+    parts = chunks(todo, array_size or max_array_size())
+    return [("array", render("array", **fields, offset=offset,
+                             array=f"{compress([n - offset for n in numbers])}%{a.max_concurrent}"), numbers, offset)
+            for offset, numbers in parts]
 
 
 def _has_server(cfg) -> bool:
@@ -206,40 +248,64 @@ def _has_server(cfg) -> bool:
     return algorithms.get(cfg.algorithm["name"]).has_server
 
 
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def submit(a) -> int:
+    from harness import codeid, config as config_mod
+    from harness.cli import _check_out, changed_policy
+
     check_args(a)  # before the config is read: a bad option is named even when the config is bad too
+    grace_for(a.time, a.grace)
     runs = config_mod.load(a.config, a.sets + ([f"backend={a.backend}"] if a.backend else []))
     out = Path(a.out or Path("runs") / runs[0].name)
-    todo = pending(runs, out)
+    _check_out(out, "--out" if a.out else "name")
+    rerun = codeid.check_runs(runs, out, changed_policy(a), note=_note)  # [issue 27] one line, before sbatch
+    todo = sorted({*pending(runs, out), *(i for i, cfg in enumerate(runs, 1) if cfg.run_id in rerun)})
     if not todo:
         print(f"nothing to submit: all {len(runs)} run(s) already finished in {out}")
         return 0
-    kind, text = script_for(a, runs, todo, out)
+    size = None if a.backend in capabilities.REAL else max_array_size()
+    jobs = scripts_for(a, runs, todo, out, size)
+    if len(jobs) > 1:
+        _note(f"harness: note: {len(todo)} runs need array task ids up to {todo[-1]}, above this cluster's "
+              f"MaxArraySize {size} (scontrol show config): submitting {len(jobs)} arrays of at most {size - 1} "
+              "tasks, array task i of each running run i + its offset")
     if a.dry_run:
-        print(text, end="")
+        print("\n".join(text for _, text, _, _ in jobs), end="")
         return 0
     sbatch = _slurm_tool("sbatch")
     if a.partition:
         check_partition(a.partition)
     (out / "slurm-logs").mkdir(parents=True, exist_ok=True)
-    path = out / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-    path.write_text(text)
-    res = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True, timeout=60)
-    if res.returncode:
-        raise SlurmError(f"sbatch failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
-    job = res.stdout.strip().split(";")[0]
-    print(f"submitted job {job}: {len(todo)} of {len(runs)} run(s) ({path}); results in {out}; "
-          f"then `harness report {out}`")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": str(Path(a.config).resolve()), "sets": a.sets,
+              "backend": a.backend, "runs": len(runs), "jobs": []}
+    try:
+        for k, (kind, text, numbers, offset) in enumerate(jobs):
+            path = out / f"{kind}-{stamp}{f'-{k + 1}' if len(jobs) > 1 else ''}.sbatch"
+            path.write_text(text)
+            res = subprocess.run([sbatch, "--parsable", str(path)], capture_output=True, text=True, timeout=60)
+            if res.returncode:
+                why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
+                raise SlurmError(f"sbatch {path} failed: {why}" + (f" ({k} of {len(jobs)} arrays were submitted: "
+                                 f"harness slurm status {out})" if k else ""))
+            record["jobs"].append({"id": res.stdout.strip().split(";")[0], "kind": kind, "script": str(path),
+                                   "offset": offset if kind == "array" else None,
+                                   "runs": {str(n): runs[n - 1].run_id for n in numbers}})
+    finally:
+        if record["jobs"]:
+            with open(out / SUBMISSIONS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    ids = ", ".join(j["id"] for j in record["jobs"])
+    print(f"submitted job{'s' if len(jobs) > 1 else ''} {ids}: {len(todo)} of {len(runs)} run(s); results in {out}; "
+          f"`harness slurm status {out}` follows them, then `harness report {out}`")
     return 0
 
 
 def main(argv: list[str], sweep_mode: bool = False) -> int:
-    if sweep_mode:  # `harness sweep`: harness/sweep.py (a pool of warm worker processes)
-        from harness.sweep import main as sweep_main
+    """``harness slurm ARGV...`` (or ``harness sweep ARGV...``): the same parser and errors."""
+    from harness.cli import main as harness_main
 
-        return sweep_main(argv)
-    try:
-        return submit(parser().parse_args(argv))
-    except (ConfigError, SlurmError, ValueError, FileNotFoundError) as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return 2
+    return harness_main(["sweep" if sweep_mode else "slurm", *argv])

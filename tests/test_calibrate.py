@@ -195,8 +195,8 @@ def test_calibrate_on_4_ranks_writes_a_fragment_that_loads_and_predicts(tmp_path
 
 
 @pytest.mark.parametrize("argv, line", [
-    (["calibrate", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--only", "3"],
-     "--only 3: calibrate on a lock-step algorithm (every rank a worker), such as sync_sgd; 'async_sgd' has a server rank"),
+    (["calibrate", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--only", "4"],
+     "--only 4: calibrate on a lock-step algorithm (every rank a worker), such as sync_sgd; 'async_sgd' has a server rank"),
     (["calibrate", "presets/calibrate-mpi.yaml", "--backend", "mpi", "--sizes", "1,x"],
      "--sizes 1,x: expected payload sizes in bytes (>= 4), comma separated"),
     (["predict", "no/such/dir", "--calibration", "c.yaml"], "RUNS: 'no/such/dir' is not a directory of runs"),

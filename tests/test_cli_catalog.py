@@ -183,7 +183,7 @@ def test_set_case_without_cases():
 # -- help ------------------------------------------------------------------------------------------------
 def _commands() -> list[list[str]]:
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [[], *([c] for c in sub.choices), ["slurm", "submit"]]
+    return [[], *([c] for c in sub.choices), ["slurm", "submit"], ["slurm", "status"]]
 
 
 @pytest.mark.parametrize("cmd", _commands(), ids=lambda c: " ".join(c) or "harness")
@@ -199,24 +199,18 @@ def test_top_level_help_lists_version_and_list(capsys):
 
 
 def _parsers():
-    from topologies.cli import _parser as topology_parser
-
-    top = _parser()
-    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    from harness.calibration.cli import _parser as calibration_parser
-    from harness.slurm import parser as slurm_parser
-    from harness.sweep import parser as sweep_parser
-
+    """Every command of the one parser tree (the whole tree: mounted commands filled in)."""
     def subs(p):
         return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
 
-    return {"harness": top, **{c: subs(top)[c] for c in ("run", "report", "list")},
-            "topology": topology_parser(), "sweep": sweep_parser(), "slurm submit": subs(slurm_parser())["submit"],
-            **{c: subs(calibration_parser())[c] for c in ("calibrate", "predict")}}
+    top = _parser()
+    return {"harness": top, **{c: subs(top)[c] for c in ("run", "report", "list", "topology", "sweep", "calibrate",
+                                                          "predict", "slurm")},
+            **{f"slurm {c}": subs(subs(top)["slurm"])[c] for c in ("submit", "status")}}
 
 
-@pytest.mark.parametrize("name", ["harness", "run", "report", "list", "topology", "sweep", "slurm submit",
-                                  "calibrate", "predict"])
+@pytest.mark.parametrize("name", ["harness", "run", "report", "list", "topology", "sweep", "slurm", "slurm submit",
+                                  "slurm status", "calibrate", "predict"])
 def test_every_option_has_help_with_its_default_and_an_example(name):
     parser = _parsers()[name]
     text = parser.format_help()

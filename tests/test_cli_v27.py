@@ -107,7 +107,7 @@ def test_slurm_array_ids_are_the_run_numbers_of_only(capsys, cfg, tmp_path):
     rc, script, err = cli(capsys, "slurm", "submit", cfg, "--out", out, "--dry-run")
     assert rc == 0, err
     array = re.search(r"^#SBATCH --array=(\S+)%\d+$", script, re.M).group(1)
-    assert array == "1,3" and '--only "${SLURM_ARRAY_TASK_ID}"' in script
+    assert array == "1,3" and 'run=$((SLURM_ARRAY_TASK_ID + 0))' in script and '--only "$run"' in script
     ids = [r.run_id for r in load(cfg)]
     for task_id in array.split(","):  # what each array task would run
         rc, listed, err = cli(capsys, "run", cfg, "--out", out, "--only", task_id, "--list")

@@ -67,11 +67,11 @@ def test_out_writes_png(capsys, tmp_path):
 def test_errors_are_one_line(capsys):
     rc, out, err = run(capsys, "hypercube", "--n", "12")
     assert rc == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith("error: topology.n: ")
+    assert err.count("\n") == 1 and err.startswith("harness: error: topology.n: ")
     rc, _, err = run(capsys, "regular", "--n", "5", "--param", "d=3")
-    assert rc == 2 and err.startswith("error: topology.d: ")
+    assert rc == 2 and err.startswith("harness: error: topology.d: ")
     rc, _, err = run(capsys, "ring", "--param", "oops")
-    assert rc == 2 and err.startswith("error: topology.param: ")
+    assert rc == 2 and err.startswith("harness: error: topology.param: ")
     rc, _, err = run(capsys, "ring", "--n", "many")
     assert rc == 2 and "invalid int value" in err
 

@@ -14,9 +14,7 @@ Examples::
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 
 import networkx as nx
 import yaml
@@ -29,16 +27,18 @@ from topologies.static import lattice_shape
 MAX_ROWS, MAX_PANELS = 32, 6
 
 
-def _parser() -> argparse.ArgumentParser:
+def add_arguments(p, name: str = "topology") -> None:
+    """The arguments of ``harness topology`` on ``p``, a subcommand of the one parser tree
+    (:func:`harness.cli._parser`); description and examples from this module's docstring."""
     text = __doc__.replace("``", "").replace("::", ":")  # help is plain text, not docstring markup
     head, _, examples = text.partition("Examples:")
-    p = argparse.ArgumentParser(prog="harness topology", description=head.strip(),
-                                epilog="examples:\n" + "\n".join(f"  {line.strip()}" for line in examples.strip().splitlines()),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = head.strip()
+    p.epilog = "examples:\n" + "\n".join(f"  {line.strip()}" for line in examples.strip().splitlines())
+    p.set_defaults(func=cmd_topology)
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(NAMES)} (harness list topologies: their "
                    "parameters)")
-    p.add_argument("--n", type=int, default=16, help="number of nodes (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random and dynamic graphs (default: 0)")
+    p.add_argument("--n", type=int, default=16, help="number of nodes")
+    p.add_argument("--seed", type=int, default=0, help="seed of random and dynamic graphs")
     p.add_argument("--param", action="append", default=[], metavar="K=V",
                    help="a spec parameter, e.g. d=4, p=0.3, weights=metropolis, base=torus; repeatable "
                    "(default: the topology's defaults)")
@@ -46,7 +46,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="dynamic graphs: steps shown and consensus window (default: period, or 8)")
     p.add_argument("--out", default=None, metavar="FILE.png", help="draw the graph to this PNG file "
                    "(default: no drawing)")
-    return p
+
+
+def _parser():
+    """The ``harness topology`` subcommand of the one tree (tests and documentation)."""
+    from harness.cli import _parser as tree
+
+    return next(a for a in tree(["topology"])._actions if hasattr(a, "choices") and
+                isinstance(a.choices, dict)).choices["topology"]
 
 
 def parse_params(items: list[str]) -> dict:
@@ -103,18 +110,26 @@ def draw(topo, steps: list[int], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:  # --help or a malformed command line: argparse has printed why
-        return int(e.code or 0)
-    try:
-        spec = {"name": args.name, **parse_params(args.param)}
-        topo = build(spec, args.n, args.seed)
-        if args.steps is not None and args.steps < 1:
-            raise TopologyError(f"topology.steps: must be >= 1; got {args.steps}; use e.g. --steps 8")
-    except TopologyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """``harness topology ARGV...`` (the same parser, errors and exit statuses)."""
+    import sys
+
+    from harness.cli import main as harness_main
+
+    return harness_main(["topology", *(sys.argv[1:] if argv is None else argv)])
+
+
+def cmd_topology(args) -> int:
+    """Print the statistics of ``args.name`` (and draw it with ``--out``); a bad name, parameter
+    or count is a ``TopologyError``, one line from ``harness.cli.main``."""
+    from harness.cli import did_you_mean
+
+    if args.name not in NAMES:  # plugins register from a config's imports:, not here
+        raise TopologyError(f"topology.name: unknown topology {args.name!r}{did_you_mean(args.name, NAMES)} "
+                            "(harness list topologies shows them)")
+    spec = {"name": args.name, **parse_params(args.param)}
+    topo = build(spec, args.n, args.seed)
+    if args.steps is not None and args.steps < 1:
+        raise TopologyError(f"topology.steps: must be >= 1; got {args.steps}; use e.g. --steps 8")
     f0 = topo.frame(0)
     kind = "static" if topo.static else (f"dynamic, period {topo.period}" if topo.period else "dynamic")
     print(f"topology {topo.name}  n={topo.n}  seed={args.seed}  {kind}  weights={f0.scheme}"

@@ -5,8 +5,9 @@
     harness predict RUNS --calibration DIR/calibration.yaml [--calibration ...] [--out DIR]
 
 ``calibrate`` measures (:mod:`harness.calibration.measure`) and fits
-(:mod:`harness.calibration.fit`) on the run ``--only I`` of CONFIG (default 0, a lock-step
-algorithm such as ``sync_sgd``), then writes to DIR (default ``runs/calibration``):
+(:mod:`harness.calibration.fit`) on the run ``--only I`` of CONFIG (default 1, a lock-step
+algorithm such as ``sync_sgd``; runs are numbered from 1 as ``harness run --list`` shows
+them), then writes to DIR (default ``runs/calibration``):
 ``calibration.yaml`` (the ``compute:`` / ``network:`` fragment, goodness of fit as comments;
 for ``sync_sgd`` also ``calibration-insitu.yaml``, with the job's own synchronisation delay
 as ``network.sync_delay_s``, see :func:`harness.calibration.fit.insitu_delay`, and
@@ -18,54 +19,55 @@ measured steps in their order, with its own delay),
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
-def _parser():
+def add_arguments(p, name: str) -> None:
+    """The arguments of ``harness calibrate`` or ``harness predict`` (``name``) on ``p``, a
+    subcommand of the one parser tree (:func:`harness.cli._parser`)."""
     from harness import capabilities
-    from harness.cli import _examples, _Help, _Parser
+    from harness.cli import _examples, add_set
 
-    p = _Parser(prog="harness", formatter_class=_Help,
-                description="calibrate the simulators from a real run; predict real runs")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("calibrate", formatter_class=_Help,
-                       help="measure compute and communication on a real launch; fit compute: and network:",
-                       description="Time the job's ops and steps on every rank, fit compute: and network:, "
-                                   "write calibration*.yaml fragments (see docs/simulation.md).",
-                       epilog=_examples("mpiexec -n 4 harness calibrate presets/calibrate-mpi.yaml --backend mpi",
-                                        "torchrun --nproc-per-node 4 --no-python harness calibrate "
-                                        "presets/calibrate-mpi.yaml --backend torch --out runs/cal-torch"))
-    c.add_argument("config", help="YAML experiment file whose run is measured, e.g. presets/calibrate-mpi.yaml")
-    c.add_argument("--backend", choices=capabilities.REAL, required=True,
-                   help="the real backend the launcher started (required)")
-    c.add_argument("--out", default="runs/calibration", help="output directory for the fragments and the fit")
-    c.add_argument("--only", type=int, default=0, help="which expanded run of CONFIG to measure (0-based; default 0)")
-    c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field (dotted key; value parsed as YAML); repeatable (default: none)")
-    c.add_argument("--sizes", default=None, help="payload bytes to time, comma separated (default 64,4096,65536,1048576)")
-    c.add_argument("--reps", type=int, default=20, help="repetitions per op and size (a quarter for 1 MiB and more)")
-    c.add_argument("--warmup", type=int, default=3, help="first steps left out of the compute fit")
-    pr = sub.add_parser("predict", formatter_class=_Help,
-                        help="replay real runs on simpy with a calibration; predicted vs measured time",
-                        description="Replay each real run on simpy with each calibration; write predict.csv "
-                                    "and predict.png (predicted vs measured time, relative error).",
-                        epilog=_examples("harness predict runs/calibrate-mpi --calibration runs/calibration/"
-                                         "calibration-insitu.yaml"))
-    pr.add_argument("runs", help="directory of real (mpi/torch) runs")
-    pr.add_argument("--calibration", required=True, action="append",
-                    help="calibration.yaml written by harness calibrate; repeat to compare several")
-    pr.add_argument("--out", default=None, help="output directory (default RUNS/predict)")
-    return p
+    if name == "calibrate":
+        p.description = ("Time the job's ops and steps on every rank, fit compute: and network:, write "
+                         "calibration*.yaml fragments (see docs/simulation.md).")
+        p.epilog = _examples("mpiexec -n 4 harness calibrate presets/calibrate-mpi.yaml --backend mpi",
+                             "torchrun --nproc-per-node 4 --no-python harness calibrate "
+                             "presets/calibrate-mpi.yaml --backend torch --out runs/cal-torch",
+                             "mpiexec -n 4 harness calibrate my.yaml --backend mpi --only 2   # its second run")
+        p.set_defaults(func=cmd_calibrate)
+        p.add_argument("config", metavar="CONFIG",
+                       help="YAML experiment file whose run is measured, e.g. presets/calibrate-mpi.yaml")
+        p.add_argument("--backend", choices=capabilities.REAL, required=True,
+                       help="the real backend the launcher started (required)")
+        p.add_argument("--out", metavar="DIR", default="runs/calibration",
+                       help="output directory for the fragments and the fit")
+        p.add_argument("--only", metavar="I", type=int, default=1,
+                       help="which expanded run of CONFIG to measure, numbered from 1 as harness run --list shows them")
+        add_set(p)
+        p.add_argument("--sizes", default=None,
+                       help="payload bytes to time, comma separated (default 64,4096,65536,1048576)")
+        p.add_argument("--reps", type=int, default=20, help="repetitions per op and size (a quarter for 1 MiB and more)")
+        p.add_argument("--warmup", type=int, default=3, help="first steps left out of the compute fit")
+        return
+    p.description = ("Replay each real run on simpy with each calibration; write predict.csv and predict.png "
+                     "(predicted vs measured time, relative error).")
+    p.epilog = _examples("harness predict runs/calibrate-mpi --calibration runs/calibration/calibration-insitu.yaml")
+    p.set_defaults(func=cmd_predict)
+    p.add_argument("runs", metavar="RUNS", help="directory of real (mpi/torch) runs")
+    p.add_argument("--calibration", required=True, action="append", metavar="FILE",
+                   help="calibration.yaml written by harness calibrate; repeat to compare several")
+    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default RUNS/predict)")
 
 
 def _config(a):
     from harness import algorithms, config
 
     runs = config.load(a.config, [*a.sets, f"backend={a.backend}", "log_every=1"])
-    if not 0 <= a.only < len(runs):
-        raise config.ConfigError(f"--only {a.only}: expected an index in 0..{len(runs) - 1}")
-    cfg = runs[a.only]
+    if not 1 <= a.only <= len(runs):  # numbered from 1, as harness run --list and --only (issue [27])
+        raise config.ConfigError(f"--only {a.only}: expected a run number in 1..{len(runs)} (as harness run --list "
+                                 "shows them; the first run is --only 1)")
+    cfg = runs[a.only - 1]
     if getattr(algorithms.get(cfg.algorithm["name"]), "has_server", False):
         raise config.ConfigError(f"--only {a.only}: calibrate on a lock-step algorithm (every rank a worker), such as "
                                  f"sync_sgd; {cfg.algorithm['name']!r} has a server rank")
@@ -146,14 +148,7 @@ def cmd_predict(a) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``argv`` starts with ``calibrate`` or ``predict``; every mistake is one line, status 2."""
-    from harness.cli import _is_root
-    from harness.config import ConfigError
+    """``argv`` starts with ``calibrate`` or ``predict``: the same as ``harness calibrate ...``."""
+    from harness.cli import main as harness_main
 
-    try:
-        a = _parser().parse_args(argv)
-        return {"calibrate": cmd_calibrate, "predict": cmd_predict}[a.cmd](a)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        if _is_root():
-            print(f"harness: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return harness_main(list(argv))
