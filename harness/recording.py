@@ -34,6 +34,13 @@ worker's first recorded loss and flags a loss above ``divergence.loss_factor`` t
 (:class:`DivergenceSpec`). Why the loss and not "test accuracy at chance": the loss is seen by
 every backend at every ``Record`` (the real backends compute test metrics only after the run,
 off the clock), and per worker, so a rank decides alone, as it does for a NaN.
+
+Live rows and restarts (issue [27]): a recorder with a :class:`harness.live.Live` attached
+(``recorder.live``) hands its rows to the run's callbacks during the run (:meth:`Recorder.take_new`
+gives each row once; :mod:`harness.live` decides when). :meth:`Recorder.state_dict` /
+:meth:`Recorder.load_state_dict` hold everything kept between ``Record`` ops as plain data, so a
+run restarted from a step boundary continues the very same table; the live attachment is no part
+of it (a restored recorder hands all its rows to the new process's callbacks again).
 """
 from __future__ import annotations
 
@@ -202,6 +209,8 @@ class Recorder:
         self._pending: dict[int, dict[int, torch.Tensor]] = {}
         self._last: dict[int, dict] = {}  # worker -> its latest row (dist_to_mean is filled in later)
         self._spread: dict[int, dict[int, tuple[torch.Tensor, dict]]] = {}  # step -> worker -> (x, row)
+        self.live = None  # harness.live.Live: hands rows to the run's callbacks during the run
+        self._sent = 0  # rows[:_sent] were handed to the live callbacks (take_new)
 
     def is_eval(self, step: int) -> bool:
         return step == 0 or step == self.steps or step % self.eval_every == 0
@@ -211,6 +220,16 @@ class Recorder:
         """A row for worker ``i``; ``slot`` is its index in ``stats`` (its rank) if different."""
         if step % self.log_every and step != self.steps:
             return
+        row = self.worker_row(i, step, rnd, stats, loss, metrics, slot)
+        self.rows.append(row)
+        self._last[i] = row
+        if self.live is not None:
+            self.live.tick(self, False)
+
+    def worker_row(self, i: int, step: int, rnd: int, stats: Stats, loss=None, metrics: dict | None = None,
+                   slot: int | None = None) -> dict:
+        """The row :meth:`worker` writes, without writing it (the real ranks' live rows are built
+        from their logged counters with it, :mod:`harness.live`)."""
         k = i if slot is None else slot
         row = {**self.meta, "worker": i, "event": "step", "step": step, "round": rnd,
                "time_s": float(stats.time[k])}
@@ -220,8 +239,7 @@ class Recorder:
         row["dist_to_mean"] = np.nan
         if metrics:
             row.update({k: float(v) for k, v in metrics.items()})
-        self.rows.append(row)
-        self._last[i] = row
+        return row
 
     def event(self, i: int, kind: str, time_s: float, stats: Stats, slot: int | None = None):
         """A fault row (``failed``/``recovered``) for worker ``i`` at ``time_s``."""
@@ -364,6 +382,69 @@ class Recorder:
         self.check_params(step, X, counters, range(len(X)) if ids is None else list(ids), E)
         if self.on_eval:
             self.on_eval(row)
+        if self.live is not None:
+            self.live.tick(self, True)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
+
+    def take_new(self) -> list[dict]:
+        """The rows written since the last call (each row once), for the live callbacks. A row
+        may still change after it was taken (a SimPy step's ``dist_to_mean`` is filled in once
+        every worker reached it): the final table is the one to trust."""
+        new = self.rows[self._sent:]
+        self._sent = len(self.rows)
+        return new
+
+    # -- restarts (checkpoints) ----------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything this recorder keeps between ``Record`` ops, as plain data (dicts, lists,
+        tensors; ``torch.save``-able): the rows so far, the evaluation steps still waiting for
+        workers (``pending``), the steps whose ``dist_to_mean`` is not filled in yet (``spread``),
+        each worker's latest row (``last``), the live workers, the loss watch's first losses and
+        the first divergence. Rows held elsewhere are named by their index in ``rows``, so that
+        a restored recorder fills in the very rows it restored. The config-given settings
+        (``meta``, ``n``, ``steps``, ...) are not state: a fresh recorder of the same config has them."""
+        at = {id(r): j for j, r in enumerate(self.rows)}
+        w = self.watch
+        return {
+            "version": 1, "n": self.n,
+            "rows": [dict(r) for r in self.rows],
+            "alive": sorted(self.alive),
+            "pending": {s: {i: {"x": g[0], "counters": list(g[1]), "round": g[2], "e": g[3]} for i, g in got.items()}
+                        for s, got in self._pending.items()},
+            "last": {i: at[id(r)] for i, r in self._last.items()},
+            "spread": {s: {i: {"x": x, "row": at[id(r)]} for i, (x, r) in got.items()}
+                       for s, got in self._spread.items()},
+            "watch": {"first": list(w.first),
+                      "first_t": None if w.first_t is None else torch.from_numpy(w.first_t.copy()),
+                      "limit": None if w.first_t is None else torch.from_numpy(w.limit.copy())},
+            "diverged": None if self.diverged is None else dict(self.diverged),
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue from :meth:`state_dict`'s ``d`` (taken from a recorder of the same config)."""
+        if d.get("version") != 1 or d.get("n") != self.n:
+            raise ValueError(f"recorder state: made for {d.get('n')} workers (version {d.get('version')}), "
+                             f"this run has {self.n}; resume a checkpoint with the config that wrote it")
+        self.rows = [dict(r) for r in d["rows"]]
+        self.alive = set(d["alive"])
+        self._pending = {s: {i: (g["x"], list(g["counters"]), g["round"], g["e"]) for i, g in got.items()}
+                         for s, got in d["pending"].items()}
+        self._last = {i: self.rows[j] for i, j in d["last"].items()}
+        self._spread = {s: {i: (g["x"], self.rows[g["row"]]) for i, g in got.items()} for s, got in d["spread"].items()}
+        w, ws = self.watch, d["watch"]
+        w.first = list(ws["first"])
+        if ws["first_t"] is not None:
+            w.first_t, w.limit, w._idx = ws["first_t"].numpy().copy(), ws["limit"].numpy().copy(), {}
+        else:
+            w.first_t = None
+        self.diverged = None if d["diverged"] is None else dict(d["diverged"])
+        self._sent = 0  # the new process's callbacks get every row
+
+    def __getstate__(self) -> dict:
+        """Pickling (a checkpoint of the whole backend) leaves the live callbacks out: they hold
+        files and belong to the process that writes them."""
+        state = dict(self.__dict__)
+        state.update(live=None, _sent=0)
+        return state

@@ -13,6 +13,15 @@ parquet footer, cheap; :func:`load` reads the tables and skips unreadable ones) 
 ``unknown`` (no ``run.json``). Rows of a run whose ``run.json`` is unreadable still load, with
 status ``damaged``, so summaries flag them instead of merging them as if nothing were wrong.
 
+A run still running (or killed, or failed) has no ``metrics.parquet`` yet; its rows so far are
+read from its live files (``metrics.live.parquet``, or ``live/rank-<k>.parquet`` per rank of a
+real backend: :mod:`harness.live`), marked by the ``partial`` column (True) beside its status. A
+run with a final table is read from that table only.
+
+Config fields that say how a run is written, not what it computes (``live``, ``checkpoint``:
+:data:`NOT_CONFIG`), are left out of the ``cfg.*`` columns, as they are left out of the run id:
+otherwise runs written before such a field existed would form a setting of their own.
+
 Bad input never aborts the whole load. Each problem (corrupt or half-written parquet,
 missing metrics file, unreadable ``run.json``, schema mismatch, a run_id that disagrees
 with its ``run.json`` or appears twice) is reported as a :class:`ResultsWarning` whose
@@ -30,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute.sort_indices)
 import pyarrow.parquet as pq
 
 from results.errors import ResultsError, ResultsWarning
@@ -37,6 +47,9 @@ from results.schema import COLUMNS, OPTIONAL, conform
 from results.store import METRICS, RUN_JSON, damage, read_json
 
 CFG_PREFIX = "cfg."
+LIVE_FILE = "metrics.live.parquet"  # a simulated run's rows so far (harness.live)
+LIVE_DIR = "live"  # a real run's rows so far: live/rank-<k>.parquet, each rank's own
+NOT_CONFIG = ("live", "checkpoint")  # config fields that never change a number: no cfg.* columns
 ENDED = ("finished", "diverged")  # runs whose table is complete: what ``finished_only`` keeps
 _ARROW = {"string": pa.large_string(), "int64": pa.int64(), "float64": pa.float64()}
 _TARGET = {c: _ARROW[t] for c, t in COLUMNS.items()}
@@ -66,6 +79,29 @@ def flatten(obj: object, prefix: str = CFG_PREFIX) -> dict[str, object]:
     return out
 
 
+def _config_columns(cfg: dict) -> dict[str, object]:
+    return flatten({k: v for k, v in cfg.items() if k not in NOT_CONFIG})
+
+
+def live_files(run_dir: Path) -> list[Path]:
+    """A run directory's live files (rows so far), or [] (none, or a final table exists)."""
+    if (run_dir / METRICS).exists():
+        return []
+    return [p for p in [run_dir / LIVE_FILE, *sorted((run_dir / LIVE_DIR).glob("rank-*.parquet"))] if p.is_file()]
+
+
+def _read_live(files: list[Path], run_id: object) -> tuple[pa.Table | None, str | None]:
+    """The rows so far from ``files`` (every rank's), sorted as a final table is."""
+    tables = []
+    for f in files:
+        table, problem = _read_table(f, run_id)
+        if problem:
+            return None, problem
+        tables.append(table)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.take(pa.compute.sort_indices(table, [("step", "ascending"), ("worker", "ascending")])), None
+
+
 def _no_runs(root) -> ResultsError:
     return ResultsError(f"no runs under {root}: run `harness run CONFIG --out {root}` first")
 
@@ -74,7 +110,8 @@ def runs(root: str | os.PathLike) -> pd.DataFrame:
     """One row per run directory, from the ``run.json`` files and the parquet footers only
     (cheap; no tables read).
 
-    Columns: ``run_id, status, error, started, finished, path, has_metrics, diverged`` (run.json's
+    Columns: ``run_id, status, error, started, finished, path, has_metrics, partial`` (no final table
+    but live rows so far), ``diverged`` (run.json's
     ``{"step", "worker", "what", "value", "stopped"}`` or None), ``config`` (a dict) and the
     flattened ``cfg.*`` columns. A directory without a run.json gets ``status="unknown"``; an
     unreadable run.json or metrics.parquet gives ``status="damaged"`` with the reason in
@@ -94,7 +131,8 @@ def runs(root: str | os.PathLike) -> pd.DataFrame:
             status, error = "damaged", "; ".join([*([str(error)] if error else []), why])
         rows.append({"run_id": rec.get("run_id", d.name), "status": status, "error": error,
                      "started": rec.get("started"), "finished": rec.get("finished"), "path": str(d),
-                     "has_metrics": has_metrics, "diverged": rec.get("diverged"), "config": cfg, **flatten(cfg)})
+                     "has_metrics": has_metrics, "partial": bool(live_files(d)), "diverged": rec.get("diverged"),
+                     "config": cfg, **_config_columns(cfg)})
     if not rows:
         raise _no_runs(root)
     return pd.DataFrame(rows)
@@ -133,7 +171,8 @@ def _concat(tables: list[pa.Table]) -> pd.DataFrame:
 
 
 def load(root: str | os.PathLike, *, finished_only: bool = False) -> pd.DataFrame:
-    """All runs under ``root`` as one tidy frame: schema columns, ``hp.*``, ``status``, ``cfg.*``.
+    """All runs under ``root`` as one tidy frame: schema columns, ``hp.*``, ``status``, ``partial``
+    (rows so far of a run without a final table), ``cfg.*``.
 
     ``finished_only`` keeps runs that ended with a complete table: ``"finished"`` or
     ``"diverged"`` (summaries show the latter as diverged, not with an accuracy). Rows of a run
@@ -162,10 +201,14 @@ def load(root: str | os.PathLike, *, finished_only: bool = False) -> pd.DataFram
             problems.append(f"{d / RUN_JSON}: missing; status unknown")
         if finished_only and status not in ENDED:
             continue
-        if not (d / METRICS).exists():
+        partial = live_files(d)
+        if not (d / METRICS).exists() and not partial:
             problems.append(f"{d / METRICS}: missing (status {status}); run skipped")
             continue
-        table, problem = _read_table(d / METRICS, rec.get("run_id"))
+        if partial:  # running, killed or failed: its rows so far
+            table, problem = _read_live(partial, rec.get("run_id"))
+        else:
+            table, problem = _read_table(d / METRICS, rec.get("run_id"))
         if problem:
             problems.append(problem)
             continue
@@ -176,10 +219,10 @@ def load(root: str | os.PathLike, *, finished_only: bool = False) -> pd.DataFram
         if dup:
             problems.append(f"{d / METRICS}: run_id {dup[0]!r} already loaded from {seen[dup[0]]}; run skipped")
             continue
-        seen.update({i: d / METRICS for i in ids})
+        seen.update({i: partial[0] if partial else d / METRICS for i in ids})
         tables.append(table)
         cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
-        metas.append({"status": status, **flatten(cfg)})
+        metas.append({"status": status, "partial": bool(partial), **_config_columns(cfg)})
     for p in problems:
         warnings.warn(p, ResultsWarning, stacklevel=2)
     if not tables:

@@ -114,12 +114,14 @@ class Counters:
 class DeferredRecorder(Recorder):
     """A Recorder whose consensus rows get their test metrics after the run: the averaged
     model is kept (``d`` numbers per evaluation step, rank 0 only) and evaluated in
-    :meth:`finish`. The rows are otherwise exactly :class:`Recorder`'s."""
+    :meth:`finish`. The rows are otherwise exactly :class:`Recorder`'s. Live callbacks get a
+    consensus row only once it is complete, after :meth:`finish` (:meth:`take_new`)."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._later: list[tuple[dict, torch.Tensor]] = []
         self._evaluate = self.evaluate
+        self._done: list[dict] = []  # consensus rows completed by finish(), not yet taken
 
     def consensus(self, step, rnd, X, counters, E=None):
         self.evaluate = lambda xbar: {}
@@ -134,4 +136,32 @@ class DeferredRecorder(Recorder):
             tail = {k: row.pop(k) for k in ("consensus_dist", "valley_width")}
             row.update(self._evaluate(xbar))
             row.update(tail)
+        self._done += [row for row, _ in self._later]
         self._later = []
+
+    def take_new(self) -> list[dict]:
+        """New rows but the consensus rows still waiting for their test metrics; those come
+        with the first call after :meth:`finish`."""
+        held = {id(r) for r, _ in self._later}
+        new = [r for r in super().take_new() if id(r) not in held] + self._done
+        self._done = []
+        return new
+
+    def take_done(self) -> list[dict]:
+        """Only the consensus rows :meth:`finish` completed (the real ranks' last live delivery:
+        their worker rows were handed over as they were logged, harness.live.RankRows)."""
+        done, self._done = self._done, []
+        return done
+
+    def state_dict(self) -> dict:
+        """:meth:`Recorder.state_dict` plus the consensus rows waiting for their test metrics
+        (row index, averaged model)."""
+        d = super().state_dict()
+        at = {id(r): j for j, r in enumerate(self.rows)}
+        d["later"] = [{"row": at[id(r)], "xbar": x} for r, x in self._later]
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        self._later = [(self.rows[g["row"]], g["xbar"]) for g in d.get("later", [])]
+        self._done = []
