@@ -34,6 +34,7 @@ from harness.models.faults import FaultSpec
 from harness.cost import NetworkSpec
 from harness.calibration.slowdown import SlowdownSpec
 from harness.recording import DivergenceSpec
+from harness.live import LiveSpec
 
 BACKENDS = capabilities.SELECTABLE  # the registry's rows (harness/capabilities.py)
 
@@ -66,6 +67,8 @@ class RunConfig(BaseModel):
         "stop", description="a non-finite loss or model ends the run as 'diverged' (stop) or only marks it (continue)")
     divergence: DivergenceSpec = Field(default_factory=DivergenceSpec,
                                        description="[issue 21] when a finite loss counts as diverged (loss_factor)")
+    live: LiveSpec = Field(default_factory=LiveSpec, description="[issue 27] rows written while the run runs "
+                           "(metrics.live.parquet) and live callbacks (tensorboard); not part of the run id")
 
     @field_validator("algorithm", "task", "topology", mode="before")
     @classmethod
@@ -93,6 +96,7 @@ class RunConfig(BaseModel):
         if self.topology:
             parts.append(self.topology["name"])
         dump = self.model_dump()
+        dump.pop("live", None)  # [issue 27] what is written while a run runs, never what it computes
         if dump["on_divergence"] == "stop":  # the default leaves run ids as they were before the field
             del dump["on_divergence"]
         if dump["divergence"] == DivergenceSpec().model_dump():  # [issue 21] likewise

@@ -58,13 +58,14 @@ def simulate(cfg: RunConfig, on_eval=None):
     return df, final
 
 
-def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None):
+def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None, live=None):
     """``(table, final parameters, first divergence or None)``; raises :class:`Diverged` (stop).
     ``times`` (if given) gets ``setup_s`` (task, data and run assembly) and ``loop_s`` (the
     algorithm's execution), so run.json can say where the wall time went (issue [22])."""
     t0 = time.perf_counter()
     backend, x0 = build(cfg, on_eval)
     rec = backend.run.recorder
+    rec.live = live  # [issue 27] rows handed to the live callbacks while it runs (harness.live)
     t1 = time.perf_counter()
     try:
         final = backend.execute(x0)
@@ -74,6 +75,8 @@ def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None):
     except SystemExit as e:  # [issue 21] an algorithm's sys.exit must not end harness with its status
         raise ValueError(exit_message(e)) from None  # one line from the CLI, run.json failed
     finally:
+        if live is not None:  # the rows not handed over yet
+            live.flush(rec.take_new())
         if times is not None:
             times.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1)
     return rec.frame(), final, rec.diverged
@@ -136,18 +139,24 @@ def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
               "versions": versions(), "code": code_record(cfg), "started": _now(), "finished": None}
     write_json(record, run_dir / RUN_JSON)
     t0, times = time.perf_counter(), {}
+    from harness.live import clear as clear_live, open_live
+
+    live = open_live(cfg, run_dir)  # [issue 27] metrics.live.parquet, tensorboard, ...
     try:
         try:
-            df, final, div = _execute(cfg, on_eval, times)
+            df, final, div = _execute(cfg, on_eval, times, live=live)
         except Diverged as e:  # on_divergence: stop; the rows so far are the result
             df, final, div = e.frame, None, e.info
         write_table(df, run_dir / METRICS)
+        clear_live(run_dir)  # the final table replaces the live one
         if save_params and final is not None:
             from harness.backends import PARAMS_FILE, save_params as write_params
 
             write_params(run_dir / PARAMS_FILE, final)
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
+        if live is not None:
+            live.close([], "failed")
         write_json(record, run_dir / RUN_JSON)
         raise
     record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0, **times)
@@ -156,6 +165,8 @@ def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
         record.update(status="diverged", diverged=div)
         print(divergence_line(cfg.run_id, div), file=sys.stderr, flush=True)
     write_json(record, run_dir / RUN_JSON)
+    if live is not None:
+        live.close([], record["status"])
     return run_dir
 
 

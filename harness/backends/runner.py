@@ -144,6 +144,10 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
     hb = Heartbeat(run_dir, tr, record, lambda: state["driver"], fail, op_timeout_s())
     try:
         drv = state["driver"] = RankDriver(cfg, tr, on_timeout=lambda why: fail(why))
+        from harness.live import attach_rank, clear as clear_live, open_live
+
+        live = open_live(cfg, run_dir, tr.rank)  # [issue 27] this rank's rows so far: live/rank-<k>.parquet
+        attach_rank(live, drv)
         t1 = time.perf_counter()  # setup_s: task, data and run assembly; loop_s: the run and its evaluations
         final = drv.run()
         if root:
@@ -171,6 +175,11 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
                 print(divergence_line(cfg.run_id, record["diverged"]), file=sys.stderr, flush=True)
             write_json(record, run_dir / RUN_JSON)
             claim.release()
+        if live is not None:  # rank 0: the consensus rows, now with their test metrics
+            live.close(drv.rec.take_done() if root else [], record["status"] if root else
+                       "diverged" if drv.div else "finished")
+        if root:
+            clear_live(run_dir)  # the final table replaces every rank's live rows (the others are done)
         tr.barrier()
         hb.close()
         tr.close()
