@@ -1,7 +1,9 @@
-"""FedAU, federated averaging with online aggregation weights (Wang & Ji, "A Lightweight Method for
-Tackling Unknown Participation Statistics in Federated Averaging", ICLR 2024, arXiv 2306.03401,
-Algorithm 1), and the weightings its paper compares against (``weighting``): the rule as read in
-the authors' code (github IBM/fedau, main.py, ``-weighting``), not reconstructed.
+"""FedAU, federated averaging with online aggregation weights for unknown participation (Wang & Ji,
+ICLR 2024, arXiv 2306.03401), with the weightings its paper compares against (``weighting``).
+
+Paper: "A Lightweight Method for Tackling Unknown Participation Statistics in Federated Averaging".
+The rule is the one read in the authors' code (github IBM/fedau, main.py, ``-weighting``), not a
+reconstruction.
 
 Client ``n`` takes part in round ``t`` with its own unknown probability ``p_n`` (``participation:
 bernoulli``, :class:`~harness.algorithms.blocks.Participation`; ``S_t`` the round's participants).

@@ -1,7 +1,8 @@
-"""MIFA, memory-augmented impatient federated averaging (Gu, Huang, Zhang, Huang, "Fast Federated
-Learning in the Presence of Arbitrary Device Unavailability", NeurIPS 2021, arXiv 2106.04159,
-Algorithm 1), in the form of the FedAU authors' code (github IBM/fedau, main.py ``-weighting mifa``),
-the baseline FedAU is compared against.
+"""MIFA, memory-augmented impatient federated averaging (Gu et al., NeurIPS 2021, arXiv 2106.04159),
+as the FedAU authors' code runs it (the baseline FedAU is compared against).
+
+Paper: Gu, Huang, Zhang, Huang, "Fast Federated Learning in the Presence of Arbitrary Device
+Unavailability"; the form here is the FedAU authors' (github IBM/fedau, main.py ``-weighting mifa``).
 
 The server keeps every client's latest update ``G_n`` (0 until the client first takes part).
 Each round the available clients ``S_t`` (``participation: bernoulli``, as in FedAU) run
