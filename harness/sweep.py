@@ -10,31 +10,31 @@ processes (``spawn``: no forked torch state) import torch once and call
 * Runs are claimed as in ``harness run`` (:mod:`harness.claims`): a run finished, diverged or
   being run by another process (another sweep, a ``harness run``, an array task) is skipped.
 * A failed run is reported with its run id and the sweep goes on; a worker process that dies
-  (killed, out of memory) fails the run it was running, and a fresh pool runs the rest. The
-  exit status is 1 if any run failed or diverged.
+  (killed, out of memory) fails the run it was running, and a fresh worker takes its place.
+  The exit status is 1 if any run failed or diverged.
 * Ctrl-C (or SIGTERM) stops the workers: each marks its run ``failed`` (``Interrupted``) and
   releases its claim, so the next sweep runs it again; exit status 130.
-* A sweep process that dies without a word (``kill -9``, the out-of-memory killer) left its
-  workers running for minutes (each holds a torch import, ~0.5 GB) and, with them, the pool's
-  semaphores in /dev/shm. Each worker now watches its parent (a thread polling ``getppid``
-  every :data:`WATCH_S`; a death signal would be tied to the thread that spawned it) and, when
-  it is gone, stops as for SIGTERM: its run is marked failed, naming the dead sweep, and the
-  pool's resource tracker removes the semaphores once the last worker has gone.
+* A sweep process that dies without a word (``kill -9``, the out-of-memory killer) used to
+  leave its workers running for minutes (each holds a torch import, ~0.5 GB) and the pool's
+  semaphores in /dev/shm. The workers are now plain subprocesses fed through pipes
+  (:mod:`harness.sweep_pool`): the end of a worker's stdin tells it its sweep is gone, it
+  stops as for SIGTERM (its run marked failed, naming the dead sweep), and no file of the
+  sweep exists in /dev/shm to be left behind.
+* Finished runs whose code changed since are refused, re-run or kept as by ``harness run``
+  (:func:`harness.codeid.check_runs`, ``--rerun-changed`` / ``--keep-changed``).
+* Any ``OSError`` (full disk, read-only file system, permissions, a symlink loop, a file as
+  ``--out``) is one line naming the path (:func:`harness.cli.os_error_line`) and exit status 2.
 * Progress: :mod:`harness.progress` (a bar on a terminal, a line every
   ``HARNESS_PROGRESS_EVERY`` s otherwise), fed by the workers' evaluation rows through a queue.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty
 
 from harness import config as config_mod
 from harness.config import ConfigError
@@ -44,19 +44,33 @@ from harness.progress import Progress, every_s
 
 def parser():
     from harness.cli import _examples, _Help, _Parser  # one-line usage errors, as for `harness run`
-    from harness.slurm import _common
 
     p = _Parser(prog="harness sweep", formatter_class=_Help,
                 description="run a config's grid locally, K runs at a time, on K warm worker processes",
                 epilog=_examples("harness sweep presets/demo.yaml --jobs 2",
                                  "harness sweep presets/demo.yaml --list",
                                  "HARNESS_PROGRESS_EVERY=60 harness sweep presets/demo.yaml --jobs 2 > sweep.log"))
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p) -> None:
+    """The options of ``harness sweep``, on whichever parser mounts the command; ``func`` is
+    :func:`sweep`, which raises one-line errors (``ValueError``, ``OSError``) for the caller."""
+    from harness.slurm import _common
+
     _common(p)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
     p.add_argument("--backend", choices=["simpy", "stacked", *REAL], help="override the config's backend (default: the config's; simpy or stacked)")
     p.add_argument("--list", action="store_true", help="list the expanded runs and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
-    return p
+    changed = p.add_mutually_exclusive_group()  # as `harness run` (harness/codeid.py)
+    changed.add_argument("--rerun-changed", action="store_true",
+                         help="re-run finished runs whose code (algorithm, task, plugin, op or backend files) changed "
+                         "since; without it or --keep-changed such runs stop the command with one line")
+    changed.add_argument("--keep-changed", action="store_true",
+                         help="keep finished runs whose code changed since, as they are")
+    p.set_defaults(func=sweep)
 
 
 @dataclass
@@ -77,52 +91,17 @@ class Interrupted(BaseException):
     ``except Exception`` swallows it): the run is marked failed and its claim released."""
 
 
-_queue = None  # progress messages to the parent: (pid, index, step, steps, sim_s)
-_runs: list = []  # this worker's expansion of the config (its imports: plugins registered here too)
-_busy = False
+_busy = False  # a worker: inside run_to_dir (SIGTERM interrupts the run) or not (it just exits)
 _why = "sweep interrupted"
-WATCH_S = 0.2
+_stopping = False  # a worker: SIGTERM came (an import that wraps Interrupted must not hide it)
 
 
 def _on_term(signum, frame):
+    global _stopping
+    _stopping = True
     if _busy:
         raise Interrupted(_why)
     os._exit(130)
-
-
-def _watch_parent(parent: int) -> None:
-    """Worker: when the sweep process is gone, stop as for SIGTERM (see the module's doc)."""
-    import threading
-
-    def loop():
-        global _why
-        while os.getppid() == parent:
-            time.sleep(WATCH_S)
-        _why = f"the sweep process {parent} died (killed?)"
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=loop, daemon=True, name="harness-parent-watch").start()
-
-
-def _init(queue, config: str, sets: list[str], parent: int) -> None:
-    global _queue, _runs
-    _queue = queue
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    signal.signal(signal.SIGTERM, _on_term)
-    _watch_parent(parent)
-    _runs = config_mod.load(config, sets)  # runs the config's imports: (plugin algorithms, tasks) here
-    import torch
-
-    import harness.experiment  # noqa: F401  (the import this pool exists to pay once)
-
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
-
-
-def _work(i: int, out: Path) -> Result:
-    return run_one(i, _runs[i], out)
 
 
 def run_one(i: int, cfg, out: Path, force: bool = False, on_row=None) -> Result:
@@ -130,19 +109,16 @@ def run_one(i: int, cfg, out: Path, force: bool = False, on_row=None) -> Result:
     failed run: the error is in the result."""
     global _busy
     from harness import claims
+    from harness.cli import os_error_line
     from harness.experiment import run_to_dir
 
     sim = [None]
 
     def on_eval(row):
         sim[0] = float(row["time_s"])
-        if _queue is not None:
-            _queue.put((os.getpid(), i, int(row["step"]), cfg.steps, sim[0]))
         if on_row is not None:
             on_row(i, int(row["step"]), cfg.steps, sim[0])
 
-    if _queue is not None:  # started: if this worker dies, the parent knows which run it was running
-        _queue.put((os.getpid(), i, 0, cfg.steps, 0.0))
     t0, _busy = time.perf_counter(), True
     try:
         run_dir, ran = run_to_dir(cfg, out, on_eval=on_eval, force=force)
@@ -150,7 +126,11 @@ def run_one(i: int, cfg, out: Path, force: bool = False, on_row=None) -> Result:
         sys.stderr.flush()
         os._exit(130)  # run_to_dir has marked the run failed and released its claim
     except Exception as e:
-        err = " ".join(f"{type(e).__name__}: {e}".split())
+        if _stopping:  # Interrupted wrapped by the code it hit (a class body's __set_name__ during an import)
+            mark_failed(out / cfg.run_id, f"Interrupted: {_why}", ("running", "failed"))
+            sys.stderr.flush()
+            os._exit(130)
+        err = " ".join(f"{type(e).__name__}: {os_error_line(e)}".split())  # an OSError: path, cause and fix
         return Result(i, cfg.run_id, "failed", f"FAILED: {err}", time.perf_counter() - t0, sim[0], os.getpid())
     finally:
         _busy = False
@@ -165,10 +145,11 @@ def run_one(i: int, cfg, out: Path, force: bool = False, on_row=None) -> Result:
 
 # -- parent side ---------------------------------------------------------------------------
 def run_all(source: tuple[str, list[str]], runs, todo: list[int], out: Path, jobs: int, progress: Progress,
-            report=lambda r: None) -> list[Result]:
+            report=lambda r: None, force=frozenset()) -> list[Result]:
     """Run ``runs[i]`` for ``i`` in ``todo``, ``jobs`` at a time; ``report(result)`` as each ends.
     ``source``: the config path (absolute) and --set list that ``runs`` came from: each worker
-    loads them again (cheap), so that a config's ``imports`` are registered in it as here."""
+    loads them again (cheap), so that a config's ``imports`` are registered in it as here.
+    ``force``: run ids to run again although finished (their code changed: --rerun-changed)."""
     results: list[Result] = []
 
     def end(r: Result):
@@ -178,89 +159,27 @@ def run_all(source: tuple[str, list[str]], runs, todo: list[int], out: Path, job
 
     if jobs == 1:  # no pool to warm: this process is the worker
         for i in todo:
-            end(run_one(i, runs[i], out, on_row=progress.update))
+            end(run_one(i, runs[i], out, force=runs[i].run_id in force, on_row=progress.update))
         return results
-    left = list(todo)
-    while left:  # a new pool only after a worker died
-        left = _pool_round(source, runs, left, out, jobs, progress, end)
+    from harness.sweep_pool import run_pool
+
+    run_pool(source, runs, todo, out, jobs, progress, end, force)
     return results
 
 
-def _pool_round(source, runs, todo, out, jobs, progress, end) -> list[int]:
-    """One pool over ``todo``; returns the runs left to do if a worker process died."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_init,
-                               initargs=(queue, *source, os.getpid()))
-    futs = {pool.submit(_work, i, out): i for i in todo}
-    procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process (spawned on submit)
-    running: dict[int, int] = {}  # worker pid -> index of the run it started last
-
-    def drain():
-        while True:
-            try:
-                pid, i, step, steps, sim = queue.get_nowait()
-            except Empty:
-                return
-            running[pid] = i
-            progress.update(i, step, steps, sim)
-
-    broken: list[int] = []
-    try:
-        while futs:
-            done, _ = wait(futs, timeout=0.2, return_when=FIRST_COMPLETED)
-            drain()
-            for f in done:
-                i = futs.pop(f)
-                try:
-                    end(f.result())
-                except BrokenProcessPool:
-                    broken.append(i)
-    except BaseException:
-        _stop(pool, procs)
-        raise
-    pool.shutdown(wait=True)
-    drain()
-    queue.close()
-    if not broken:
-        return []
-    # The pool stopped the other workers (their runs are marked failed: they run again in a
-    # fresh pool); the run of a worker that died otherwise (SIGKILL, out of memory) failed.
-    died = [p for p in procs.values() if p.exitcode not in (None, 0, 130)]
-    dead = [running[p.pid] for p in died if running.get(p.pid) in broken] or broken
-    for i in dead:
-        _mark_failed(out / runs[i].run_id, "its sweep worker process died (killed, or out of memory?)")
-        end(Result(i, runs[i].run_id, "failed", "FAILED: its worker process died (killed, or out of memory?)"))
-    return [i for i in broken if i not in dead]
-
-
-def _mark_failed(run_dir: Path, why: str) -> None:
-    """``run.json`` of a run whose worker died says ``failed`` (it said ``running`` for ever)."""
+def mark_failed(run_dir: Path, why: str, was=("running",)) -> None:
+    """``run.json`` of a run whose worker died says ``failed`` (it said ``running`` for ever);
+    ``was``: the statuses it replaces."""
     import json
 
     from results.store import RUN_JSON, write_json
 
     try:
         record = json.loads((run_dir / RUN_JSON).read_text())
-        if record.get("status") == "running":
+        if record.get("status") in was:
             write_json({**record, "status": "failed", "error": why}, run_dir / RUN_JSON)
     except (OSError, ValueError):
         pass
-
-
-def _stop(pool: ProcessPoolExecutor, procs: dict) -> None:
-    """Stop the workers now: SIGTERM makes each mark its run failed and release its claim."""
-    procs = list({**procs, **(getattr(pool, "_processes", None) or {})}.values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    deadline = time.monotonic() + 15
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(1)
 
 
 def _interrupt(signum, frame):
@@ -288,7 +207,13 @@ def sweep(a) -> int:
         for i, cfg in enumerate(runs, 1):  # numbered from 1, as `harness run --list` and --only
             print(f"{i:4d}  {cfg.run_id}")
         return 0
-    todo = [i - 1 for i in pending(runs, out)]  # pending numbers runs from 1 (as --only); here: list positions
+    from harness import codeid
+
+    policy = "rerun" if a.rerun_changed else "keep" if a.keep_changed else "refuse"
+    rerun = codeid.check_runs(runs, out, policy, note=lambda line: print(line, file=sys.stderr, flush=True))
+    _writable(out)
+    todo = sorted({i - 1 for i in pending(runs, out)}  # pending numbers runs from 1 (as --only); here: positions
+                  | {i for i, cfg in enumerate(runs) if cfg.run_id in rerun})
     jobs = min(a.jobs, max(len(todo), 1))
     print(f"{len(todo)} of {len(runs)} run(s) to do in {out}, {jobs} at a time", flush=True)
     t0, k = time.perf_counter(), [0]
@@ -301,7 +226,7 @@ def sweep(a) -> int:
     old = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _interrupt)  # scancel / a job's time limit: stop as for Ctrl-C
-        results = run_all(source, runs, todo, out, jobs, progress, report)
+        results = run_all(source, runs, todo, out, jobs, progress, report, force=rerun)
     except KeyboardInterrupt:
         progress.close()
         print("harness: interrupted; the runs in progress are marked failed and run again by the next sweep",
@@ -325,11 +250,33 @@ def sweep(a) -> int:
     return 0
 
 
+def _writable(out: Path) -> None:
+    """Make ``out`` and write a file in it before any worker starts: a read-only file system,
+    missing permissions, a symlink loop or a full disk is one line now, not one per run."""
+    import uuid
+
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".harness-sweep-probe-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        try:
+            probe.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def main(argv: list[str]) -> int:
+    from harness.cli import os_error_line
     from results.errors import ResultsError
 
     try:
         return sweep(parser().parse_args(argv))
-    except (ConfigError, ValueError, FileNotFoundError, ResultsError) as e:
-        print(f"harness: error: {' '.join(str(e).split())}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError, ResultsError) as e:  # OSError: full disk, read-only, EACCES, ELOOP
+        print(f"harness: error: {' '.join(os_error_line(e).split())}", file=sys.stderr)
         return 2
