@@ -26,8 +26,8 @@ grid: {{seed: {seeds}}}
 """
 
 
-def _harness(cluster, *args, cwd=None):
-    env = {**os.environ, **cluster.env}
+def _harness(cluster, *args, cwd=None, **extra):
+    env = {**os.environ, **cluster.env, **extra}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=120)
 
@@ -59,6 +59,8 @@ def test_array_sweep_then_resubmit_skips_finished(slurm_cluster, tmp_path):
     df = results.load(out)
     assert df.run_id.nunique() == 4 and set(df.status) == {"finished"} and set(df.seed) == {0, 1, 2, 3}
     _no_duplicates(df)
+    st = _harness(slurm_cluster, "slurm", "status", str(out))
+    assert st.returncode == 0 and st.stdout.splitlines()[0].endswith(": 4 done"), (st.stdout, st.stderr)
     again = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), cwd=tmp_path)
     assert again.returncode == 0 and "nothing to submit: all 4 run(s) already finished" in again.stdout
 
@@ -82,7 +84,8 @@ def test_requeue_of_a_running_task_ends_complete_and_duplicate_free(slurm_cluste
     cfg = tmp_path / "long.yaml"
     cfg.write_text(SWEEP.format(steps=3000, eval_every=500, seeds="[7]"))
     out = tmp_path / "out"
-    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), cwd=tmp_path)
+    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), cwd=tmp_path,
+                 HARNESS_PROGRESS_EVERY="0.5")  # sbatch passes the environment on to the job
     assert r.returncode == 0, r.stderr
     job = _job(r.stdout)
     slurm_cluster.wait_for_state(job, {"RUNNING"}, timeout=60)
@@ -92,6 +95,8 @@ def test_requeue_of_a_running_task_ends_complete_and_duplicate_free(slurm_cluste
         time.sleep(0.2)
         run_json = next(iter(out.glob("*/run.json")), None)
     assert run_json is not None and json.loads(run_json.read_text())["status"] == "running"
+    st = _harness(slurm_cluster, "slurm", "status", str(out))
+    assert st.returncode == 0 and re.search(rf"^\s+1\s+\S+\s+running\s+{job}_1\s*$", st.stdout, re.M), st.stdout
     _requeue_and_release(slurm_cluster, job)
     states = slurm_cluster.wait(job, timeout=240)
     assert set(states.values()) == {"COMPLETED"}, (states, _logs(out))
@@ -102,6 +107,43 @@ def test_requeue_of_a_running_task_ends_complete_and_duplicate_free(slurm_cluste
     _no_duplicates(df)
     assert sorted(df[df.worker == -1].step) == [0, 500, 1000, 1500, 2000, 2500, 3000]
     assert (df[df.worker >= 0].groupby("worker").step.max() == 3000).all()
+    assert re.search(r"^run: 0/1 runs done, .* elapsed, ETA", _logs(out), re.M), _logs(out)  # [issue 27] progress
+
+
+def test_usr1_before_the_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
+    """The array script on the cluster, with a stand-in for harness run that keeps its contract
+    (USR1: checkpoint, exit status 75; on a restart it resumes): the signal that
+    ``--signal=B:USR1@grace`` sends to the batch shell reaches the run, the task requeues itself,
+    its second attempt resumes, and the log (appended) tells both attempts."""
+    from tests.test_slurm_scripts import FAKES, HARNESS, STAND_IN
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(SWEEP.format(steps=5, eval_every=5, seeds="[0]"))
+    out = tmp_path / "out"
+    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0 and HARNESS in r.stdout, r.stderr
+    stand_in = tmp_path / "harness-stand-in"
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(0o755)
+    script = tmp_path / "job.sbatch"
+    script.write_text(r.stdout.replace(HARNESS, str(stand_in)))
+    (out / "slurm-logs").mkdir(parents=True)
+    env = {**slurm_cluster.env, "WORK": str(tmp_path), "WAIT": "1"}
+    job = int(slurm_cluster.run(["sbatch", "--parsable", str(script)], env=env, cwd=tmp_path).stdout.split(";")[0])
+    deadline = time.time() + 60
+    while not (tmp_path / "waiting-1").exists():
+        assert time.time() < deadline, (slurm_cluster.job_states(job), _logs(out))
+        time.sleep(0.2)
+    slurm_cluster.run(["scancel", "--batch", "--signal=USR1", f"{job}_1"])
+    deadline = time.time() + 90
+    while not slurm_cluster.job_records(job) or slurm_cluster.job_records(job)[0].get("Restarts") != "1":
+        assert time.time() < deadline, (slurm_cluster.job_records(job), _logs(out))
+        time.sleep(0.2)
+    states = slurm_cluster.wait(job, timeout=120)
+    log = _logs(out)
+    assert states == {f"{job}_1": "COMPLETED"}, (states, log)
+    assert (tmp_path / "runs.log").read_text().splitlines() == ["started 1", "checkpoint 1", "started 1", "resumed 1"]
+    assert "got SIGUSR1" in log and f"requeueing job {job}_1" in log and "attempt 2" in log, log
 
 
 def test_errors_without_a_cluster_or_partition(slurm_cluster, tmp_path):
