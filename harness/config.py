@@ -33,6 +33,7 @@ from harness.models.compute import ComputeSpec
 from harness.models.faults import FaultSpec
 from harness.cost import NetworkSpec
 from harness.calibration.slowdown import SlowdownSpec
+from harness.checkpoint import CheckpointSpec
 from harness.recording import DivergenceSpec
 from harness.live import LiveSpec
 
@@ -69,6 +70,9 @@ class RunConfig(BaseModel):
                                        description="[issue 21] when a finite loss counts as diverged (loss_factor)")
     live: LiveSpec = Field(default_factory=LiveSpec, description="[issue 27] rows written while the run runs "
                            "(metrics.live.parquet) and live callbacks (tensorboard); not part of the run id")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec,
+                                       description="[issue 27] when a run saves its state to resume after a kill "
+                                                   "(every_steps, every_s, grace_s); not part of the run's identity")
 
     @field_validator("algorithm", "task", "topology", mode="before")
     @classmethod
@@ -97,6 +101,7 @@ class RunConfig(BaseModel):
             parts.append(self.topology["name"])
         dump = self.model_dump()
         dump.pop("live", None)  # [issue 27] what is written while a run runs, never what it computes
+        del dump["checkpoint"]  # when a run saves changes none of its numbers
         if dump["on_divergence"] == "stop":  # the default leaves run ids as they were before the field
             del dump["on_divergence"]
         if dump["divergence"] == DivergenceSpec().model_dump():  # [issue 21] likewise

@@ -58,13 +58,17 @@ def simulate(cfg: RunConfig, on_eval=None):
     return df, final
 
 
-def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None, live=None):
+def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None, ckpt: Path | None = None, live=None):
     """``(table, final parameters, first divergence or None)``; raises :class:`Diverged` (stop).
     ``times`` (if given) gets ``setup_s`` (task, data and run assembly) and ``loop_s`` (the
-    algorithm's execution), so run.json can say where the wall time went (issue [22])."""
+    algorithm's execution), so run.json can say where the wall time went (issue [22]).
+    ``ckpt``: the run's checkpoint file: saved there (:mod:`harness.checkpoint`), resumed from
+    it when it exists and matches the run and its code; raises :class:`Preempted` on a signal."""
     t0 = time.perf_counter()
     backend, x0 = build(cfg, on_eval)
-    rec = backend.run.recorder
+    if ckpt is not None:
+        _resume(cfg, backend, ckpt, times)
+    rec = backend.run.recorder  # after a resume: the restored recorder, with the rows so far
     rec.live = live  # [issue 27] rows handed to the live callbacks while it runs (harness.live)
     t1 = time.perf_counter()
     try:
@@ -75,11 +79,43 @@ def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None, live=None)
     except SystemExit as e:  # [issue 21] an algorithm's sys.exit must not end harness with its status
         raise ValueError(exit_message(e)) from None  # one line from the CLI, run.json failed
     finally:
+        from harness import checkpoint
+
+        checkpoint.arm(False)  # a signal between runs ends the process as before
         if live is not None:  # the rows not handed over yet
             live.flush(rec.take_new())
         if times is not None:
             times.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1)
     return rec.frame(), final, rec.diverged
+
+
+def _resume(cfg: RunConfig, backend, ckpt: Path, times: dict | None) -> None:
+    """Arm ``backend``'s checkpoints and continue from ``ckpt`` where one matches (else say why not)."""
+    from harness import checkpoint
+
+    meta = checkpoint.meta(cfg)
+    backend.policy = checkpoint.Policy(getattr(cfg, "checkpoint", None), ckpt, meta)
+    try:
+        payload = checkpoint.read(ckpt)
+        why = None if payload is None else checkpoint.mismatch(payload, meta) or (
+            None if payload.get("backend") == backend.name else f"it was saved by backend {payload.get('backend')}")
+        if payload is not None and why is None:
+            step = backend.restore(payload)
+            _say(f"harness: note: run {cfg.run_id}: resumed from its checkpoint at step {step}")
+            if times is not None:
+                times["resumed_from"] = step
+        elif payload is not None:
+            _say(f"harness: note: run {cfg.run_id}: its checkpoint is not used ({why}); starting from step 0")
+    except checkpoint.CheckpointError as e:
+        _say(f"harness: note: run {cfg.run_id}: {e}; starting from step 0")
+        backend, fresh = backend, build(cfg)[0]  # a failed restore may have half-updated the backend
+        vars(backend).clear()
+        vars(backend).update(vars(fresh))
+        backend.policy = checkpoint.Policy(getattr(cfg, "checkpoint", None), ckpt, meta)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def exit_message(e: SystemExit) -> str:
@@ -142,17 +178,26 @@ def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
     from harness.live import clear as clear_live, open_live
 
     live = open_live(cfg, run_dir)  # [issue 27] metrics.live.parquet, tensorboard, ...
+    from harness import checkpoint
+
     try:
         try:
-            df, final, div = _execute(cfg, on_eval, times, live=live)
+            df, final, div = _execute(cfg, on_eval, times, live=live, ckpt=run_dir / checkpoint.FILE)
         except Diverged as e:  # on_divergence: stop; the rows so far are the result
             df, final, div = e.frame, None, e.info
+        except checkpoint.Preempted as e:  # [issue 27] SIGTERM/SIGUSR1: saved (or not); the same command resumes
+            record.update(status="preempted", finished=_now(), preempted={"step": e.step, "why": e.why},
+                          wall_s=time.perf_counter() - t0, **times)
+            write_json(record, run_dir / RUN_JSON)
+            raise
         write_table(df, run_dir / METRICS)
         clear_live(run_dir)  # the final table replaces the live one
         if save_params and final is not None:
             from harness.backends import PARAMS_FILE, save_params as write_params
 
             write_params(run_dir / PARAMS_FILE, final)
+    except checkpoint.Preempted:
+        raise
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
         if live is not None:
@@ -167,6 +212,7 @@ def _run(cfg: RunConfig, run_dir: Path, on_eval, save_params: bool) -> Path:
     write_json(record, run_dir / RUN_JSON)
     if live is not None:
         live.close([], record["status"])
+    (run_dir / checkpoint.FILE).unlink(missing_ok=True)  # done: the table is the result now
     return run_dir
 
 

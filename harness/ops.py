@@ -599,8 +599,20 @@ class SaveState:
         return None
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """The *checkpoint* pattern: a step boundary after which the run could resume (issue [27]).
+    :func:`harness.parts.run` yields it after each step's ``Record`` with ``carry = (next step,
+    Step, state tree)``, everything the algorithm holds; the backend may save it with its own
+    state (:mod:`harness.checkpoint`) or ignore it. It costs nothing and answers ``None``."""
+
+    pattern: ClassVar[str] = "checkpoint"
+    step: int
+    carry: Any = None
+
+
 Op = (Grad | Compute | Collective | Gossip | Local | OneSided | Start | Wait | Send | Recv | Time | Record
-      | LoadState | SaveState)
+      | LoadState | SaveState | Checkpoint)
 
 PATTERNS = ("compute", "collective", "gossip", "local", "onesided", "start", "wait", "send", "recv", "time", "record",
-            "state")
+            "state", "checkpoint")

@@ -229,23 +229,29 @@ class roles(Part):  # noqa: N801
         self.worker_records = worker_records
 
 
-def run(p: Part, ctx, x, steps: int | None = None, records: bool = True):
+def run(p: Part, ctx, x, steps: int | None = None, records: bool = True, checkpoints: bool = True):
     """The generator of a part-based algorithm: ``steps`` (default ``ctx.steps``) steps, each
     followed by a ``Record`` of the step's ``x``, ``loss``, ``round``, ``metrics`` and ``eval_x``
     (``records=False``: the part records itself). The whole state lives here, in one tree
-    (``state``), beside the step's carry ``s``. :class:`roles` picks this rank's side."""
-    if isinstance(p, roles):
+    (``state``), beside the step's carry ``s``; after each step a ``Checkpoint`` op offers both to
+    the backend, and ``ctx.resume`` (a saved carry) continues from one (issue [27]).
+    :class:`roles` picks this rank's side."""
+    if isinstance(p, roles):  # asynchronous: never quiescent, so no Checkpoint (a preempted run restarts)
         if ctx.role == "server":
-            return (yield from run(p.server, ctx, x, p.arrivals(ctx), records=False))
+            return (yield from run(p.server, ctx, x, p.arrivals(ctx), records=False, checkpoints=False))
         n = ctx.steps if p.steps is None else p.steps(ctx)
-        return (yield from run(p.worker, ctx, x, n, records=p.worker_records))
-    state = p.init(ctx, x)
-    s = Step(t=0, x=x)
-    for t in range(ctx.steps if steps is None else steps):
+        return (yield from run(p.worker, ctx, x, n, records=p.worker_records, checkpoints=False))
+    if ctx.resume is not None:  # [issue 27] continue from a saved carry (harness.checkpoint)
+        t0, s, state = ctx.resume
+    else:
+        t0, s, state = 0, Step(t=0, x=x), p.init(ctx, x)
+    for t in range(t0, ctx.steps if steps is None else steps):
         s = Step(t=t, x=s.x, round=s.round)  # client and cohort are per round: play sets them
         s, state = yield from p.step(ctx, s, state)
         if records:
             yield ops.Record(step=t + 1, round=s.round, x=s.x, loss=s.loss, metrics=s.metrics or {}, eval_x=s.eval_x)
+        if checkpoints:
+            yield ops.Checkpoint(step=t + 1, carry=(t + 1, s, state))
     return s.x
 
 

@@ -194,6 +194,8 @@ class Stats:
 
 
 class Recorder:
+    CHECKPOINT_WIRING = ("on_eval", "live")  # this process's callbacks: never saved in a checkpoint (harness.checkpoint)
+
     def __init__(self, meta: dict, n: int, steps: int, evaluate: Callable[[torch.Tensor], dict],
                  eval_every: int = 25, log_every: int = 1, on_eval: Callable[[dict], None] | None = None,
                  on_divergence: str | None = None, loss_factor: float | None = DivergenceSpec().loss_factor):

@@ -44,6 +44,9 @@ class Run:
 
 class Simulator:
     name = "sim"
+    TRANSIENT: tuple[str, ...] = ("policy", "resumed", "handlers")  # not saved in a checkpoint (live, or rebuilt)
+    policy = None  # harness.checkpoint.Policy when the run saves checkpoints
+    resumed = None  # the carry(s) a resumed run continues from
 
     def __init__(self, run: Run):
         self.run = run
@@ -107,6 +110,32 @@ class Simulator:
         if op.part is None and op.epoch is None and not self.playing:  # the common case, every step
             return [s.worker(i, op.batches) for i in ids]
         return [s.for_op(op, i, self.playing.get(i)) for i in ids]
+
+    # -- checkpoints (issue [27]): this object is saved whole, code and live machinery by path -----
+    def _state_root(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in self.TRANSIENT}
+
+    def save_checkpoint(self, step: int, carries, time_s: float = 0.0) -> None:
+        """Write the backend's whole state and the algorithm's ``carries`` at ``step`` (atomic)."""
+        from harness import checkpoint
+
+        p = self.policy
+        try:
+            state = checkpoint.dumps({"sim": self._state_root(), "carries": carries})
+        except checkpoint.CheckpointError as e:
+            return p.failed(e)
+        checkpoint.write(p.path, {"step": step, "time_s": time_s, "backend": self.name, **p.meta, "state": state})
+        p.saved(step)  # a requested stop ends the run here (harness.checkpoint.Preempted)
+
+    def restore(self, payload: dict):
+        """Continue from a checkpoint: this freshly built backend takes the saved state (its code and
+        task stay its own) and the carries to resume the algorithm from."""
+        from harness import checkpoint
+
+        got = checkpoint.loads(payload["state"], {"sim": self._state_root(), "carries": None})
+        vars(self).update(got["sim"])
+        self.resumed = got["carries"]
+        return payload["step"]
 
     def start(self, x0: torch.Tensor):
         """Record the initial model (step 0) before any op."""

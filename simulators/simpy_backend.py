@@ -20,6 +20,7 @@ NIC contention live in :mod:`simulators.simpy_p2p`.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 import simpy
@@ -29,6 +30,9 @@ from harness import ops
 from harness.keyed import DictStore
 from simulators.base import BackendError, Simulator
 from simulators.simpy_p2p import P2PMixin
+
+
+_TIMELESS = ("record", "local", "state", "checkpoint")  # ops that take no simulated time
 
 
 class _Dead(Exception):
@@ -48,28 +52,44 @@ class _Collective:
 class SimPyBackend(P2PMixin, Simulator):
     name = "simpy"
 
+    # the event loop and what lives in it: rebuilt on resume, never saved (harness.checkpoint)
+    TRANSIENT = Simulator.TRANSIENT + ("env", "procs", "collectives", "mailboxes", "uplinks", "downlinks", "inboxes",
+                                       "handles", "ck_barrier")
+
     def execute(self, x0: torch.Tensor) -> torch.Tensor:
-        self.env = simpy.Environment()
-        self.start(x0)
-        self.final: dict[int, torch.Tensor] = {}
-        self.seq: dict[tuple, int] = {}  # (member set, worker) -> collectives done over that set
-        self.sent: dict[tuple, int] = {}  # (src, dst) -> gossip messages sent on that edge
-        self.got: dict[tuple, int] = {}  # (src, dst) -> gossip messages received on that edge
+        resumed = self.resumed  # {rank: carry} of a checkpoint (Simulator.restore), else None
+        self.env = simpy.Environment(initial_time=self.ck_time if resumed is not None else 0)
+        if resumed is None:
+            self.start(x0)
+            self.final: dict[int, torch.Tensor] = {}
+            self.seq: dict[tuple, int] = {}  # (member set, worker) -> collectives done over that set
+            self.sent: dict[tuple, int] = {}  # (src, dst) -> gossip messages sent on that edge
+            self.got: dict[tuple, int] = {}  # (src, dst) -> gossip messages received on that edge
+            self.windows = [x0.clone() for _ in range(self.n)]
+            self._link_cache = {}
+            self.holding = [None] * self.ranks  # when each rank's current compute ends
+            self.alive = set(range(self.n))
+            self.sat_out: set[int] = set()  # ranks whose last Grad skipped them (members=)
+            self.all_ids = tuple(range(self.n))
+            self.store = DictStore(self.run.ctx.n_clients)  # keyed state: one store, the server side
+            self.synced = [False] * self.ranks  # since its last collective over all workers, no timed op
+            self.ck_due: dict[int, list] = {}  # step -> [decision, ranks still to ask]: one decision per step
+            self.ck_broken = False  # a rank broke lock-step at a checkpoint: no more checkpoints
+        kept = (self.loss_rng, self.dropped) if resumed is not None else None
         self.collectives: dict[tuple, _Collective] = {}
         self.mailboxes = [simpy.FilterStore(self.env) for _ in range(self.ranks)]
-        self.windows = [x0.clone() for _ in range(self.n)]
-        self._link_cache = {}
         self._init_p2p()
-        self.holding = [None] * self.ranks  # when each rank's current compute ends
-        self.alive = set(range(self.n))
+        if kept is not None:  # the message-loss stream continues
+            self.loss_rng, self.dropped = kept
         self.handles = [[] for _ in range(self.ranks)]
-        self.sat_out: set[int] = set()  # ranks whose last Grad skipped them (members=)
-        self.all_ids = tuple(range(self.n))
-        self.store = DictStore(self.run.ctx.n_clients)  # keyed state: one store, the server side
+        self.ck_barrier: dict[int, tuple] = {}
         self.handlers = self.patterns()
-        self.procs = procs = [self.env.process(self._process(r, x0.clone())) for r in range(self.ranks)]
+        start = (lambda r: x0.clone()) if resumed is None else (lambda r: resumed[r][1].x)
+        live = range(self.ranks) if resumed is None else sorted(resumed)
+        self.procs = procs = [self.env.process(self._process(r, start(r))) if r in live else None
+                              for r in range(self.ranks)]
         self.env.run()
-        stuck = [r for r, p in enumerate(procs) if not p.triggered]
+        stuck = [r for r, p in enumerate(procs) if p is not None and not p.triggered]
         if stuck:
             raise RuntimeError(f"simulation deadlocked: ranks {stuck} wait on a communication nobody completes "
                                "(do all workers yield the same collectives in the same order?)")
@@ -80,11 +100,12 @@ class SimPyBackend(P2PMixin, Simulator):
         return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
                 "local": self._local, "send": self._send, "recv": self._recv, "record": self._record,
                 "start": self._start, "wait": self._wait, "onesided": self._onesided, "state": self._state,
-                "time": self._time}
+                "time": self._time, "checkpoint": self._checkpoint}
 
     def _process(self, r, x):
         ctx = replace(self.run.ctx, index=torch.tensor(max(self.w(r), 0)), rank=r,
-                      role="server" if self.w(r) < 0 else "worker")
+                      role="server" if self.w(r) < 0 else "worker",
+                      resume=None if self.resumed is None else self.resumed[r])
         gen = self.run.algorithm(ctx, x, **self.run.params)
         value, failure = None, None
         while True:
@@ -95,9 +116,14 @@ class SimPyBackend(P2PMixin, Simulator):
                 return
             failure = None
             op = ops.with_wire(op, self.run.task.wire_codec)
-            handler = self.handlers.get(getattr(op, "pattern", None))
+            pattern = getattr(op, "pattern", None)
+            handler = self.handlers.get(pattern)
             if handler is None:
                 raise TypeError(f"algorithm yielded {op!r}, which is not an op of harness.ops")
+            if pattern not in _TIMELESS:
+                self.synced[r] = False
+                if self.ck_barrier:  # others wait to save a checkpoint this rank will not reach now
+                    self._ck_cancel(r)
             try:
                 value = yield from handler(r, op)
             except ops.WorkerFailed as e:  # the algorithm decides: thrown in at its yield point
@@ -210,6 +236,7 @@ class SimPyBackend(P2PMixin, Simulator):
         self.stats.add_traffic(r, c.cost.traffic[ids.index(w)])
         if not pending:
             self.stats.finish_comm(r, arrived, self.env.now, c.cost.seconds)
+            self.synced[r] = ids == self.all_ids  # every worker leaves it now: a candidate for a checkpoint
         return result.clone() if isinstance(result, torch.Tensor) else ops.Quorum(result.value.clone(), result.arrived)
 
     def _crash(self, r, at):
@@ -305,6 +332,48 @@ class SimPyBackend(P2PMixin, Simulator):
     def _local(self, r, op):
         return op.local(self, self.w(r))
         yield  # a handler is a generator even when it never waits
+
+    def _checkpoint(self, r, op):
+        """Quiescent when every live worker left a collective over all workers and did nothing timed
+        since: then all are at this step at the same instant, no message is in flight, and they wait
+        here for each other (zero simulated time) while the state is saved. The first rank to ask
+        decides for the step, so all ranks agree."""
+        p = self.policy
+        if p is None or not p.on:
+            return None
+        live = [w + self.offset for w in sorted(self.alive)]
+        asked = self.ck_due.get(op.step)
+        if asked is None:  # the others are at this instant too, resumed by the same collective
+            quiet = self.synced[r] and not self.offset and not self.ck_broken
+            asked = self.ck_due[op.step] = [p.due(op.step, quiet), len(live)]
+        asked[1] -= 1
+        if asked[1] == 0:
+            del self.ck_due[op.step]
+        if not asked[0]:
+            return None
+        event, carries = self.ck_barrier.setdefault(op.step, (self.env.event(), {}))
+        carries[r] = op.carry
+        if len(carries) < len(live):
+            yield event
+            return None
+        del self.ck_barrier[op.step]
+        self.ck_time = self.env.now
+        self.save_checkpoint(op.step, carries, self.env.now)  # Preempted ends env.run() here
+        event.succeed()
+        return None
+        yield
+
+    def _ck_cancel(self, r):
+        """A rank did a timed op between the collective and the step's end (no lock-step method
+        does): release the waiting ranks at this same instant, and checkpoint no more in this run
+        (the wait could otherwise move a clock)."""
+        for step, (event, carries) in list(self.ck_barrier.items()):
+            if r not in carries:
+                del self.ck_barrier[step]
+                event.succeed()
+                self.ck_broken = True
+                print(f"harness: note: checkpoints are off for this run: rank {r} does timed work after the "
+                      "round's collective, so SimPy finds no quiescent step", file=sys.stderr, flush=True)
 
     def _state(self, r, op):
         if not self._member(r, op)[1]:

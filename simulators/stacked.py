@@ -33,12 +33,16 @@ class StackedBackend(Simulator):
         if self.offset:
             raise BackendError(f"backend: {self.run.algorithm.algorithm_name!r} is asynchronous (server and worker "
                                "roles); the stacked backend runs lock-step algorithms only; use --backend simpy")
-        self.start(x0)
-        self._link_cache, self._handles, self._slot_cache, self._sat_out = {}, [], {}, set()
-        self.all_ids = tuple(range(self.n))
-        self.store = RowStore(self.run.ctx.n_clients)
-        X = x0.expand(self.n, -1).clone()
-        gen = self.run.algorithm(replace(self.run.ctx, index=torch.arange(self.n)), X, **self.run.params)
+        if self.resumed is None:
+            self.start(x0)
+            self._link_cache, self._handles, self._slot_cache, self._sat_out = {}, [], {}, set()
+            self.all_ids = tuple(range(self.n))
+            self.store = RowStore(self.run.ctx.n_clients)
+            X = x0.expand(self.n, -1).clone()
+        else:  # a checkpoint's state is in place (Simulator.restore): continue from its carry
+            X = self.resumed[1].x
+        ctx = replace(self.run.ctx, index=torch.arange(self.n), resume=self.resumed)
+        gen = self.run.algorithm(ctx, X, **self.run.params)
         handlers = self.patterns()
         value = None
         while True:
@@ -57,7 +61,7 @@ class StackedBackend(Simulator):
         """One handler per op pattern (:data:`harness.ops.PATTERNS`)."""
         return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
                 "local": self._local, "record": self._record, "start": self._start, "wait": self._wait,
-                "state": self._state}
+                "state": self._state, "checkpoint": self._checkpoint}
 
     def _ids(self, op) -> tuple[int, ...]:
         return self.all_ids if op.members is None else ops.member_ids(op.members, self.n)
@@ -237,6 +241,12 @@ class StackedBackend(Simulator):
         if isinstance(got[0], tuple):
             return type(got[0])(*(torch.stack(f) for f in zip(*got)))
         return torch.stack(got)
+
+    def _checkpoint(self, op):
+        """One generator holds every worker: each step boundary is quiescent."""
+        p = self.policy
+        if p is not None and p.due(op.step, quiescent=True):
+            self.save_checkpoint(op.step, op.carry, float(self.stats.time.max()))
 
     def _state(self, op):
         rows = list(self._ids(op))

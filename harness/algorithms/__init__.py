@@ -56,6 +56,7 @@ class Ctx:
     params: tuple = ()  # ((name, shape), ...) of the task's parameter tensors
     part_sizes: tuple = ()  # samples in each data part (a client's shard with n_clients)
     batch_size: int = 0  # the task's minibatch size (for passes over a shard: Sampler.n_batches)
+    resume: Any = None  # a saved (step, Step, state) carry to continue from (harness.checkpoint), else None
 
     def __post_init__(self):
         if not self.n_clients:

@@ -46,6 +46,7 @@ import torch
 
 from harness import algorithms, ops, streams, tree
 from harness.backends.launch import op_timeout_s
+from harness.backends.rank_checkpoint import CheckpointMixin
 from harness.backends.rank_comm import CommHandlers
 from harness.backends.rank_divergence import DivergenceChecks, Stop
 from harness.backends.rank_clock import COUNTER_VALUES, Clock, Counters, DeferredRecorder, Watchdog
@@ -60,7 +61,7 @@ from harness.runinfo import meta_columns
 KEYED_TAG = 32765  # keyed rows moving between ranks (lock-step, per-sender order): below the END tag
 
 
-class RankDriver(CommHandlers, DivergenceChecks):
+class RankDriver(CommHandlers, DivergenceChecks, CheckpointMixin):
     on_op = None  # optional callback(op) before each op's handler: op traces for harness.backends.loopback
 
     def __init__(self, cfg, tr: Transport, on_timeout):
@@ -110,7 +111,7 @@ class RankDriver(CommHandlers, DivergenceChecks):
         return {"compute": self._compute, "collective": self._collective, "gossip": self._gossip,
                 "local": self._local, "send": self._send, "recv": self._recv, "record": self._record,
                 "start": self._start, "wait": self._wait, "onesided": self._onesided, "state": self._state,
-                "time": self._time}
+                "time": self._time, "checkpoint": self._checkpoint}
 
     @property
     def where(self) -> str:
@@ -121,20 +122,25 @@ class RankDriver(CommHandlers, DivergenceChecks):
     def run(self) -> torch.Tensor:
         x0 = self.task.init_params(self.cfg.seed)
         index = torch.tensor(max(self.i, 0))  # as SimPy: the server sees index 0
-        ctx = replace(self.ctx0, index=index, role=self.role, rank=self.tr.rank)
-        self.t_unit = self._calibrate(x0)
-        # step 0, as simulators.base.Simulator.start
-        if self.role == "worker":
-            self.rec.worker(self.i, 0, 0, self.stats)
-        if self.tr.rank == 0:
-            self.rec.consensus(0, 0, x0.expand(self.n, -1), Stats(self.n).counters())
-        gen = self.alg(ctx, x0.clone(), **self.params)
+        resume = self.ck_restore()  # [issue 27] a saved carry (the driver's state restored), or None
+        ctx = replace(self.ctx0, index=index, role=self.role, rank=self.tr.rank, resume=resume)
+        if resume is None:
+            self.t_unit = self._calibrate(x0)
+            # step 0, as simulators.base.Simulator.start
+            if self.role == "worker":
+                self.rec.worker(self.i, 0, 0, self.stats)
+            if self.tr.rank == 0:
+                self.rec.consensus(0, 0, x0.expand(self.n, -1), Stats(self.n).counters())
+        gen = self.alg(ctx, x0.clone() if resume is None else resume[1].x, **self.params)
         if "onesided" in algorithms.requirements(self.cfg.algorithm["name"], self.params):
             self._comm("creating the windows", self.tr.win_create, None, x0)  # collective: every rank
         self._comm("the start barrier", self.tr.barrier)
-        self.ctr = Counters()  # the barrier does not count
         self.clock.start()
-        value, self.mark = None, 0.0
+        if resume is None:
+            self.ctr, self.mark = Counters(), 0.0  # the barrier does not count
+        else:  # counters and the clock continue from the saved moment
+            self.clock.base -= self.resumed["clock"]
+        value = None
         while True:
             try:
                 op = gen.send(value)

@@ -142,6 +142,9 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         os._exit(1)  # abort() does not return; this is a last resort
 
     hb = Heartbeat(run_dir, tr, record, lambda: state["driver"], fail, op_timeout_s())
+    from harness import checkpoint
+
+    preempted = None
     try:
         drv = state["driver"] = RankDriver(cfg, tr, on_timeout=lambda why: fail(why))
         from harness.live import attach_rank, clear as clear_live, open_live
@@ -149,40 +152,57 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
         live = open_live(cfg, run_dir, tr.rank)  # [issue 27] this rank's rows so far: live/rank-<k>.parquet
         attach_rank(live, drv)
         t1 = time.perf_counter()  # setup_s: task, data and run assembly; loop_s: the run and its evaluations
-        final = drv.run()
-        if root:
-            drv.rec.finish()  # test metrics of the consensus rows, off the clock
-        t2 = time.perf_counter()
-        mine = {"rank": tr.rank, "role": drv.role, "index": drv.i, "rows": drv.rec.rows, "host": socket.gethostname(),
-                "final": final.detach().cpu() if save_params else None, "diverged": drv.div}
-        parts = tr.gather_obj(mine)
-        if root:
-            parts.sort(key=lambda p: p["rank"])
-            df = rows_frame(parts, drv.server_alg)
-            write_table(df, run_dir / METRICS)
-            if save_params:
-                workers = torch.stack([p["final"] for p in parts if p["role"] == "worker"])
-                server_x = next((p["final"] for p in parts if p["role"] == "server"), None)
-                write_params(run_dir / PARAMS_FILE, workers, server_x)
-            record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0, setup_s=t1 - t0,
-                          loop_s=t2 - t1,
-                          hosts=sorted({p["host"] for p in parts}))
-            divs = sorted((p["diverged"] for p in parts if p["diverged"]), key=lambda d: (d["step"], d["worker"]))
-            if divs:  # the first over all ranks (they agree on it under on_divergence: stop)
-                from harness.recording import divergence_line
+        drv.arm_checkpoints(run_dir, cfg.checkpoint)  # [issue 27] save, and resume from a saved step
+        try:
+            final = drv.run()
+        except checkpoint.Preempted as e:  # every rank stops at the same step (rank_checkpoint agrees)
+            preempted = e
+            if root:
+                write_json({**record, "status": "preempted", "finished": _now(),
+                            "preempted": {"step": e.step, "why": e.why}}, run_dir / RUN_JSON)
+                claim.release()
+            tr.barrier()
+            hb.close()
+            tr.close()
+        else:
+            if root:
+                drv.rec.finish()  # test metrics of the consensus rows, off the clock
+            t2 = time.perf_counter()
+            mine = {"rank": tr.rank, "role": drv.role, "index": drv.i, "rows": drv.rec.rows, "host": socket.gethostname(),
+                    "final": final.detach().cpu() if save_params else None, "diverged": drv.div}
+            parts = tr.gather_obj(mine)
+            if root:
+                parts.sort(key=lambda p: p["rank"])
+                df = rows_frame(parts, drv.server_alg)
+                write_table(df, run_dir / METRICS)
+                if save_params:
+                    workers = torch.stack([p["final"] for p in parts if p["role"] == "worker"])
+                    server_x = next((p["final"] for p in parts if p["role"] == "server"), None)
+                    write_params(run_dir / PARAMS_FILE, workers, server_x)
+                record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0, setup_s=t1 - t0,
+                              loop_s=t2 - t1,
+                              hosts=sorted({p["host"] for p in parts}))
+                divs = sorted((p["diverged"] for p in parts if p["diverged"]), key=lambda d: (d["step"], d["worker"]))
+                if divs:  # the first over all ranks (they agree on it under on_divergence: stop)
+                    from harness.recording import divergence_line
 
-                record.update(status="diverged", diverged={**divs[0], "stopped": drv.agree})
-                print(divergence_line(cfg.run_id, record["diverged"]), file=sys.stderr, flush=True)
-            write_json(record, run_dir / RUN_JSON)
-            claim.release()
-        if live is not None:  # rank 0: the consensus rows, now with their test metrics
-            live.close(drv.rec.take_done() if root else [], record["status"] if root else
-                       "diverged" if drv.div else "finished")
-        if root:
-            clear_live(run_dir)  # the final table replaces every rank's live rows (the others are done)
-        tr.barrier()
-        hb.close()
-        tr.close()
+                    record.update(status="diverged", diverged={**divs[0], "stopped": drv.agree})
+                    print(divergence_line(cfg.run_id, record["diverged"]), file=sys.stderr, flush=True)
+                write_json(record, run_dir / RUN_JSON)
+                import shutil
+
+                shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # done: the table is the result now
+                claim.release()
+            if live is not None:  # rank 0: the consensus rows, now with their test metrics
+                live.close(drv.rec.take_done() if root else [], record["status"] if root else
+                           "diverged" if drv.div else "finished")
+            if root:
+                clear_live(run_dir)  # the final table replaces every rank's live rows (the others are done)
+            tr.barrier()
+            hb.close()
+            tr.close()
     except BaseException as e:  # noqa: BLE001 - every failure must end the whole job
         fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+    if preempted is not None:
+        raise preempted  # harness run: exit status 75, the same command resumes
     return run_dir, True

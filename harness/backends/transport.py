@@ -37,6 +37,7 @@ class Transport:
     worker). Every method may block; ``abort`` never returns."""
 
     name = "?"
+    _checkpoint_fixed = True  # live connections: a checkpoint never pickles a transport (harness.checkpoint)
     rank = 0
     size = 1
     job = ""  # an id every rank of this launch agrees on (names the heartbeat directory)
