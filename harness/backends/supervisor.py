@@ -45,7 +45,7 @@ from harness import envvars as _envvars
 _PIPE: int | None = None  # child: write end of the pipe to the supervisor
 _INFO: dict = {}  # child: the last announcement (which run this rank is in)
 SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)  # USR1: SLURM asks for a checkpoint (issue 27)
 GRACE_S = 0.5  # a signal from outside: let a rank with a real cause claim the report first
 POLL_S = 0.05  # how often the child and the supervisor look at their parent
 
