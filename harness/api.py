@@ -112,4 +112,13 @@ def report(path: str | Path, out: str | Path | None = None, target: float | None
     return Path(write_report(path, target_acc=target, out=out))
 
 
-__all__ = ["configs", "load", "register", "register_task", "report", "run"]
+def latex(path: str | Path, target: float = 0.9) -> str:
+    """The per-setting table of the runs under ``path`` as LaTeX (booktabs; mean ± 95 % interval
+    over seeds): what ``report`` writes as ``summary.tex``."""
+    from results.latex import summary_latex
+    from results.stats import summary
+
+    return summary_latex(summary(load(path), target), target)
+
+
+__all__ = ["configs", "latex", "load", "register", "register_task", "report", "run"]

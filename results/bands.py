@@ -84,7 +84,9 @@ def _shrinking(c: pd.DataFrame, at: str) -> list[str]:
         top = g["n"].max()
         low = g[g["n"] < top]
         if len(low):
-            notes.append(f"{lab}: n = {int(top)} up to {at} {low[at].min():g}, then {int(low['n'].min())} "
+            full = g.loc[(g["n"] == top) & (g[at] < low[at].min()), at]
+            upto = f" up to {at} {full.max():g}" if len(full) else ""
+            notes.append(f"{lab}: n = {int(top)}{upto}, then {int(low['n'].min())} "
                          "(a run diverged or stopped earlier)")
     return notes
 

@@ -23,9 +23,15 @@ from results import settings
 from results.store import read_json
 
 SIMULATED = {"simpy", "stacked"}
+BASELINE = "sync_sgd"
 #: top-level config keys shown as their own row (the rest: blocks or left out)
 BLOCKS = (("Task", "task"), ("Compute model", "compute"), ("Network model", "network"),
           ("Faults", "faults"), ("Slowdown", "slowdown"))
+
+
+def _order(algos) -> list[str]:
+    """The baseline first, then alphabetical (as the figures' legends)."""
+    return sorted(set(algos), key=lambda a: (a != BASELINE, a))
 
 
 def _text(v: object) -> str:
@@ -50,9 +56,9 @@ def _values(cfgs: list[dict], algos: list[str], get) -> str | None:
         return None
     if len(distinct) == 1:
         return distinct[0]
-    per = {}
+    per = {a: set() for a in _order(algos)}
     for a, v in zip(algos, shown):
-        per.setdefault(a, set()).add(v)
+        per[a].add(v)
     if all(len(v) == 1 for v in per.values()) and len(per) > 1:
         return ", ".join(f"{next(iter(v)) or '-'} ({a})" for a, v in per.items())
     return " / ".join(v or "-" for v in distinct)
@@ -107,7 +113,7 @@ def rows(run_list: pd.DataFrame, summary_df: pd.DataFrame) -> list[tuple[str, st
     clients = _values(cfgs, algos, lambda c: c.get("n_clients"))
     if clients:
         out.append(("Clients", clients))
-    out.append(("Algorithms", ", ".join(dict.fromkeys(algos))))
+    out.append(("Algorithms", ", ".join(_order(algos))))
     backends = set(summary_df["backend"].astype(str))
     clock = ("simulated seconds from the compute and network models" if backends <= SIMULATED else
              "wall-clock seconds" if not backends & SIMULATED else "simulated (simpy/stacked) and wall clock (others)")

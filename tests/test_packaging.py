@@ -103,5 +103,5 @@ def test_wheel_install_prints_sbatch_script_outside_the_checkout(tmp_path):
     assert len(where) == len(PACKAGES) and not leaked, f"imported from outside the fresh venv: {leaked}"
 
     res = _run([venv / "bin" / "harness", "slurm", "submit", "demo.yaml", "--dry-run", "--out", "runs"], elsewhere, env)
-    assert res.stdout.startswith("#!/bin/bash") and "#SBATCH --array=1-6%16" in res.stdout, res.stdout
+    assert res.stdout.startswith("#!/bin/bash") and "#SBATCH --array=1-18%16" in res.stdout, res.stdout
     assert f"{py} -m harness.cli run {elsewhere / 'demo.yaml'}" in res.stdout, res.stdout

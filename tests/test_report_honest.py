@@ -61,7 +61,7 @@ def test_every_setting_has_its_own_style_and_legend_entry(tmp_path):
         assert set(fig.harness["legend"]) == expected and len(fig.harness["legend"]) == 4, name
         assert len(_styles(fig)) >= 4, name
         texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
-        assert sorted(texts) == sorted(expected), name
+        assert sorted(texts) == sorted(f"{x} (n=1)" for x in expected), name  # one seed each: n stated
         assert not any(HASH.search(t) for t in texts + fig.harness["panels"]), name
 
 
@@ -127,7 +127,7 @@ def test_pareto_front_per_partition_and_no_legend_for_an_empty_front(tmp_path):
         front = [ln for ln in ax.get_lines() if ln.get_color() == "black" and ln.get_linestyle() != "None"]
         (step,) = front
         assert len(step.get_xdata()) == 2  # both runs of the partition are on its front
-    assert fig.harness["extra_legend"] == ["Pareto front (per panel)"]
+    assert fig.harness["extra_legend"] == ["Pareto front of the setting means (per panel)"]
     empty = plots.pareto(s.assign(final_test_acc=np.nan))
     assert empty.harness["extra_legend"] == [] and "no front" in " ".join(empty.harness["notes"])
 
@@ -181,5 +181,6 @@ def test_notes_drawn_on_a_figure_are_not_repeated_in_its_caption(tmp_path):
     assert zero and zero[0] in meta["drawn"]
     page = (out / "index.html").read_text()
     assert "0 at every step (exact consensus" not in page  # on the figure itself only
-    assert "consensus_distance (<a href='consensus_distance.svg'>SVG</a>)" in page
+    assert "<figure id='consensus_distance'><figcaption><b>Figure" in page  # the caption above the image
+    assert "(<a href='consensus_distance.svg'>SVG</a>)" in page
     assert not list(out.glob(".*tmp*")), "a temporary file was left behind"
