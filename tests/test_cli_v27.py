@@ -113,3 +113,29 @@ def test_slurm_array_ids_are_the_run_numbers_of_only(capsys, cfg, tmp_path):
         rc, listed, err = cli(capsys, "run", cfg, "--out", out, "--only", task_id, "--list")
         assert listed.split() == [task_id, ids[int(task_id) - 1]]
         assert not (out / ids[int(task_id) - 1]).exists()  # a pending run, not the finished one
+
+
+# -- one parser tree ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["sweep"], ["slurm", "submit"], ["slurm", "status"], ["topology"], ["calibrate"],
+                                  ["predict"]])
+def test_every_command_is_a_subparser_with_one_help_style(capsys, argv):
+    rc, top, err = cli(capsys, "--help")
+    assert rc == 0 and all(re.search(rf"^\s+{name}\b", top, re.M) for name in
+                           ("run", "report", "list", "topology", "sweep", "slurm", "calibrate", "predict")), top
+    rc, out, err = cli(capsys, *argv, "--help")
+    assert rc == 0 and out.startswith(f"usage: harness {' '.join(argv)} ") and "\nexamples:\n  " in out, out
+    assert "\noptions:\n  -h, --help " in out
+
+
+def test_an_unknown_option_is_named_by_its_command_with_a_guess(capsys, cfg):
+    rc, out, err = cli(capsys, "sweep", cfg, "--jbos", "2")
+    assert rc == 2 and err == ("harness: error: unrecognized arguments: --jbos 2; did you mean '--jobs'?; "
+                               "see harness sweep --help\n")
+    rc, out, err = cli(capsys, "slurm", "submit", cfg, "--grce=60")
+    assert rc == 2 and "did you mean '--grace'?; see harness slurm submit --help" in err
+
+
+def test_calibrate_only_counts_from_one(capsys):
+    rc, out, err = cli(capsys, "calibrate", ROOT / "presets/calibrate-mpi.yaml", "--backend", "mpi", "--only", "0")
+    assert rc == 2 and err == ("harness: error: --only 0: expected a run number in 1..4 (as harness run --list shows "
+                               "them; the first run is --only 1)\n")
