@@ -98,6 +98,8 @@ _stopping = False  # a worker: SIGTERM came (an import that wraps Interrupted mu
 
 def _on_term(signum, frame):
     global _stopping
+    if _stopping:  # a second SIGTERM must not interrupt the first one's cleanup (marking the run failed)
+        return
     _stopping = True
     if _busy:
         raise Interrupted(_why)

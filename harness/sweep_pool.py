@@ -30,7 +30,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-STOP_WAIT_S = 15.0  # a SIGTERMed worker marks its run failed within this, else it is SIGKILLed
+STOP_WAIT_S = 15.0  # a stopped worker marks its run failed within this, else it is SIGKILLed
+ASK_S = 2.0  # a worker asked to stop (through stdin) that is still there then gets SIGTERM
 ENTRY = "from harness.sweep_pool import worker; worker()"
 
 
@@ -44,18 +45,26 @@ def worker() -> None:
     from harness import sweep
 
     signal.signal(signal.SIGTERM, sweep._on_term)
+    sweep._why = "its worker process got SIGTERM, not from the sweep (a person or the system?)"
     init = json.loads(sys.stdin.readline())
     sys.path[:] = init["path"]  # as the sweep sees modules (plugins of imports: included)
     parent, tasks = init["parent"], queue.Queue()
 
+    def gone() -> None:  # the sweep is gone: stop as for SIGTERM, naming it
+        sweep._why = f"the sweep process {parent} died (killed?)"
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def read():
         for line in sys.stdin:
             msg = json.loads(line)
+            if msg.get("interrupt"):  # the sweep stops (Ctrl-C, scancel): as for its SIGTERM
+                sweep._why = "sweep interrupted"
+                os.kill(os.getpid(), signal.SIGTERM)
+                continue
             tasks.put(msg)
             if msg.get("stop"):
                 return
-        sweep._why = f"the sweep process {parent} died (killed?)"  # stdin ended without a stop
-        os.kill(os.getpid(), signal.SIGTERM)
+        gone()  # stdin ended without a stop
 
     threading.Thread(target=read, daemon=True, name="harness-sweep-stdin").start()
     from harness import config as config_mod
@@ -72,7 +81,10 @@ def worker() -> None:
     out = os.fdopen(int(sys.argv[1]), "w", buffering=1)
 
     def send(msg: dict) -> None:
-        out.write(json.dumps(msg) + "\n")
+        try:
+            out.write(json.dumps(msg) + "\n")
+        except OSError:  # BrokenPipeError: the sweep is gone
+            gone()
 
     send({"ready": os.getpid()})
     while True:
@@ -87,6 +99,20 @@ def worker() -> None:
 
 
 # -- parent side ---------------------------------------------------------------------------
+class SweepError(ValueError):
+    """The sweep cannot go on (a worker that cannot start); one line, as a config error."""
+
+
+def how(code: int) -> str:
+    """``-9`` -> ``"killed by SIGKILL"``; ``130`` -> ``"exit status 130"``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 class Worker:
     """One worker process seen from the sweep: its stdin, the read end of its pipe, and the
     run it was given last (None when idle)."""
@@ -145,9 +171,10 @@ class Worker:
 
 def run_pool(source, runs, todo: list[int], out: Path, jobs: int, progress, end, force=frozenset()) -> None:
     """Run ``runs[i]`` for ``i`` in ``todo`` on ``jobs`` workers; ``end(result)`` as each ends."""
+    from harness import claims
     from harness.sweep import Result, mark_failed
 
-    left, workers = deque(todo), []
+    left, workers, again = deque(todo), [], set()
     sel = selectors.DefaultSelector()
 
     def give(w: Worker) -> None:
@@ -167,14 +194,24 @@ def run_pool(source, runs, todo: list[int], out: Path, jobs: int, progress, end,
     def died(w: Worker) -> None:
         sel.unregister(w.fd)
         w.close()
-        w.proc.wait()
+        code = w.proc.wait()
         workers.remove(w)
-        if w.run is not None:  # it died in a run (SIGKILL, out of memory): that run failed
-            cfg = runs[w.run]
-            mark_failed(out / cfg.run_id, "its sweep worker process died (killed, or out of memory?)")
-            end(Result(w.run, cfg.run_id, "failed", "FAILED: its worker process died (killed, or out of memory?)"))
-            if left:
-                start()  # a fresh worker takes its place
+        if not w.ready:  # it never got to work: a fresh one would fail alike
+            raise SweepError(f"a sweep worker process failed to start ({how(code)}; its error is above); "
+                             "the runs given to it did not start")
+        if w.run is None:
+            return
+        cfg = runs[w.run]
+        owner = claims.read(out / cfg.run_id / claims.CLAIM) or {}
+        if owner.get("pid") != w.proc.pid and claims.status(out / cfg.run_id) != "running" and w.run not in again:
+            again.add(w.run)  # it died before it claimed the run: the run never started; once more (not for ever)
+            left.appendleft(w.run)
+        else:  # it died in the run (SIGKILL, out of memory): that run failed
+            why = "died (killed, or out of memory?)" if code == -signal.SIGKILL else f"ended ({how(code)})"
+            mark_failed(out / cfg.run_id, f"its sweep worker process {why}")
+            end(Result(w.run, cfg.run_id, "failed", f"FAILED: its worker process {why}"))
+        if left:
+            start()  # a fresh worker takes its place
 
     try:
         for _ in range(min(jobs, len(left))):
@@ -201,17 +238,23 @@ def run_pool(source, runs, todo: list[int], out: Path, jobs: int, progress, end,
 
 
 def stop(workers: list[Worker], runs, out: Path) -> None:
-    """Stop the workers now: SIGTERM makes each mark its run failed and release its claim (a
-    stopped one is continued first); one that has not ended within :data:`STOP_WAIT_S` is killed."""
+    """Stop the workers now: each marks its run failed and releases its claim (asked through
+    stdin, then SIGTERM after :data:`ASK_S`; a stopped one is continued first); one that has not
+    ended within :data:`STOP_WAIT_S` is killed."""
     from harness.sweep import mark_failed
 
+    for w in workers:  # asked through stdin, so that a worker knows who stopped it
+        w.send({"interrupt": True})
+        try:
+            w.proc.send_signal(signal.SIGCONT)  # a stopped one too
+        except OSError:
+            pass
+    deadline, signalled = time.monotonic() + STOP_WAIT_S, time.monotonic() + ASK_S
     for w in workers:
-        for s in (signal.SIGTERM, signal.SIGCONT):
-            try:
-                w.proc.send_signal(s)
-            except OSError:
-                pass
-    deadline = time.monotonic() + STOP_WAIT_S
+        try:
+            w.proc.wait(max(0.0, signalled - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.proc.send_signal(signal.SIGTERM)  # its stdin thread did not get to it (starved, or wedged)
     for w in workers:
         try:
             w.proc.wait(max(0.1, deadline - time.monotonic()))
