@@ -16,8 +16,8 @@
   ``slurm/run-one.sbatch`` and docs/slurm-cluster-notes.md.
 * What was submitted (job ids, run numbers and ids) is appended to ``OUT/slurm-submissions.jsonl``,
   which ``harness slurm status OUT`` (:mod:`harness.slurm_status`) reads.
-* ``harness sweep CONFIG --jobs K`` runs the same grid here (:mod:`harness.sweep`); its
-  arguments are defined here, next to the ones it shares with ``submit``.
+* ``harness sweep CONFIG --jobs K`` runs the same grid here (:mod:`harness.sweep`, which
+  defines its options; they are mounted into the one parser tree here).
 
 This module is imported to build the parser: only light modules at its top.
 """
@@ -54,17 +54,16 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     """``harness sweep`` or ``harness slurm`` (``name``) on ``p``, a subcommand of the one tree."""
     from harness.cli import _examples, add_changed, dir_arg, subcommand, subcommands
 
-    if name == "sweep":
-        p.description = "Run a config's grid locally, K runs at a time, on K warm worker processes."
-        p.epilog = _examples("harness sweep presets/demo.yaml --jobs 2", "harness sweep presets/demo.yaml --list",
-                             "HARNESS_PROGRESS_EVERY=60 harness sweep presets/demo.yaml --jobs 2 > sweep.log")
+    if name == "sweep":  # its options are defined with the sweep (harness.sweep.parser); mounted here
+        from harness.sweep import parser as sweep_parser
+
+        src = sweep_parser()
+        p.description, p.epilog = src.description, src.epilog
+        for holder in (src, *src._action_groups):  # all but its -h, which p has already
+            attr = "_actions" if holder is src else "_group_actions"
+            setattr(holder, attr, [x for x in getattr(holder, attr) if not isinstance(x, argparse._HelpAction)])
+        p._add_container_actions(src)  # what argparse's parents= does
         p.set_defaults(func=cmd_sweep)
-        _common(p)
-        p.add_argument("--jobs", type=int, default=1, help="runs at a time (worker processes)")
-        p.add_argument("--backend", choices=["simpy", "stacked", *capabilities.REAL],
-                       help="override the config's backend (default: the config's; simpy or stacked)")
-        p.add_argument("--list", action="store_true", help="list the expanded runs, numbered from 1, and exit")
-        p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
         return
     p.description = "Submit a config's runs to SLURM and follow them."
     p.epilog = _examples("harness slurm submit presets/demo.yaml --partition cpu --time 00:30:00",
