@@ -64,9 +64,20 @@ def _values(cfgs: list[dict], algos: list[str], get) -> str | None:
     return " / ".join(v or "-" for v in distinct)
 
 
+def _flat(d: dict, pre: str = "") -> dict:
+    """``{"intra": {"latency_s": 1e-6}}`` -> ``{"intra.latency_s": 1e-6}`` (non-empty dicts only)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{pre}{k}."))
+        else:
+            out[f"{pre}{k}"] = v
+    return out
+
+
 def _block(cfgs: list[dict], algos: list[str], key: str) -> str | None:
     """``model=lognormal, sigma=0.3, ...`` for a config block (empty fields left out)."""
-    blocks = [c.get(key) if isinstance(c.get(key), dict) else {} for c in cfgs]
+    blocks = [_flat(c.get(key)) if isinstance(c.get(key), dict) else {} for c in cfgs]
     if not any(blocks):
         whole = _values(cfgs, algos, lambda c: c.get(key))
         return whole
