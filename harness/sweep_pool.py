@@ -9,7 +9,7 @@ one killed worker stopped the healthy workers too. Here a worker is a plain subp
 
 * tasks go down its stdin as JSON lines (``{"run": i, "out": DIR, "force": bool}``, then
   ``{"stop": true}``); rows and results come back on a pipe of its own (``{"row": [...]}``,
-  ``{"result": {...}}``). Nothing is created in /dev/shm, and nothing outlives the processes;
+  ``{"started": i}``, ``{"result": {...}}``). Nothing is created in /dev/shm, and nothing outlives the processes;
 * a worker whose stdin ends without ``stop`` knows its sweep is gone (``kill -9``: the kernel
   closes the sweep's end), at once and without polling: it stops as for SIGTERM, marking its
   run failed (naming the dead sweep) and releasing its claim;
@@ -93,6 +93,7 @@ def worker() -> None:
             out.close()
             return
         i = msg["run"]
+        send({"started": i})
         r = sweep.run_one(i, runs[i], Path(msg["out"]), force=msg.get("force", False),
                           on_row=lambda i, step, steps, sim: send({"row": [i, step, steps, sim]}))
         send({"result": asdict(r)})
@@ -131,7 +132,7 @@ class Worker:
             raise
         finally:
             os.close(w)
-        self.fd, self.buf, self.run, self.ready = r, b"", None, False
+        self.fd, self.buf, self.run, self.ready, self.started = r, b"", None, False, False
         self.send({"path": sys.path, "config": source[0], "sets": source[1], "parent": os.getpid()})
 
     def send(self, msg: dict) -> bool:
@@ -171,7 +172,6 @@ class Worker:
 
 def run_pool(source, runs, todo: list[int], out: Path, jobs: int, progress, end, force=frozenset()) -> None:
     """Run ``runs[i]`` for ``i`` in ``todo`` on ``jobs`` workers; ``end(result)`` as each ends."""
-    from harness import claims
     from harness.sweep import Result, mark_failed
 
     left, workers, again = deque(todo), [], set()
@@ -182,7 +182,7 @@ def run_pool(source, runs, todo: list[int], out: Path, jobs: int, progress, end,
             w.run = None
             w.send({"stop": True})
             return
-        w.run = left.popleft()
+        w.run, w.started = left.popleft(), False
         w.send({"run": w.run, "out": str(out), "force": runs[w.run].run_id in force})
 
     def start() -> None:
@@ -202,9 +202,8 @@ def run_pool(source, runs, todo: list[int], out: Path, jobs: int, progress, end,
         if w.run is None:
             return
         cfg = runs[w.run]
-        owner = claims.read(out / cfg.run_id / claims.CLAIM) or {}
-        if owner.get("pid") != w.proc.pid and claims.status(out / cfg.run_id) != "running" and w.run not in again:
-            again.add(w.run)  # it died before it claimed the run: the run never started; once more (not for ever)
+        if not w.started and w.run not in again:
+            again.add(w.run)  # it died before it started the run; given to another once more (not for ever)
             left.appendleft(w.run)
         else:  # it died in the run (SIGKILL, out of memory): that run failed
             why = "died (killed, or out of memory?)" if code == -signal.SIGKILL else f"ended ({how(code)})"
@@ -226,6 +225,8 @@ def run_pool(source, runs, todo: list[int], out: Path, jobs: int, progress, end,
                     elif "result" in m:
                         end(Result(**m["result"]))
                         give(w)
+                    elif "started" in m:
+                        w.started = True
                     elif "ready" in m:
                         w.ready = True
                 if eof:

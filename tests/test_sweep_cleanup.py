@@ -149,3 +149,19 @@ def test_sweep_refuses_reruns_or_keeps_finished_runs_whose_code_changed(tmp_path
     plugin = str(tmp_path / "plugin.py")
     assert after["status"] == "finished" and after["code"]["files"][plugin] != before["code"]["files"][plugin]
     assert _sweep(capsys, c, "--out", out)[0] == 0  # the new code is the recorded one now
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_from_outside_fails_its_run_only_and_says_so(tmp_path):
+    """A worker SIGTERMed by a person: its run is failed naming that (not "sweep interrupted"),
+    the other worker's run finishes, the sweep ends with status 1 and leaves no process."""
+    job = procs.Job("sweep", tmp_path, steps=3000)
+    try:
+        workers = job.wait_running()
+        os.kill(workers[0], signal.SIGTERM)
+    finally:
+        took, left = job.finish(120)
+    assert took is not None and not left and job.launcher.returncode == 1, job.stderr()
+    runs = sorted(job.statuses().values(), key=lambda r: r["status"])
+    assert [r["status"] for r in runs] == ["failed", "finished"], runs
+    assert runs[0]["error"] == "Interrupted: its worker process got SIGTERM, not from the sweep (a person or the system?)"
