@@ -36,6 +36,16 @@ def _maps_shm(pid: int) -> set[str]:
     return {ln.split(None, 5)[5] for ln in lines if "/dev/shm/" in ln and len(ln.split(None, 5)) == 6}
 
 
+def _at_work(job: procs.Job) -> dict[int, int]:
+    """The workers' pids once both runs have their claim and their run.json (a run interrupted
+    between the two has nothing to mark: its claim is released, no run.json written)."""
+    workers = job.wait_running()
+    deadline = time.monotonic() + 60
+    while len(list(job.out.glob("*/run.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return workers
+
+
 @pytest.mark.slow
 def test_a_sweep_killed_with_its_whole_process_group_leaves_nothing(tmp_path):
     if not Path("/proc/self/maps").exists():
@@ -43,7 +53,7 @@ def test_a_sweep_killed_with_its_whole_process_group_leaves_nothing(tmp_path):
     before = procs.shm_files()
     job = procs.Job("sweep", tmp_path, steps=20000)
     try:
-        workers = job.wait_running()
+        workers = _at_work(job)
         mapped = set().union(*(_maps_shm(p) for p in job.tagged()))
         assert not mapped, f"the sweep's processes map files in /dev/shm: {sorted(mapped)}"
         os.killpg(job.launcher.pid, signal.SIGKILL)  # the sweep and all of its process group at once
@@ -157,7 +167,7 @@ def test_a_worker_stopped_from_outside_fails_its_run_only_and_says_so(tmp_path):
     the other worker's run finishes, the sweep ends with status 1 and leaves no process."""
     job = procs.Job("sweep", tmp_path, steps=3000)
     try:
-        workers = job.wait_running()
+        workers = _at_work(job)
         os.kill(workers[0], signal.SIGTERM)
     finally:
         took, left = job.finish(120)
