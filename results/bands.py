@@ -25,8 +25,9 @@ from results import style
 
 LEVEL = 0.95
 BAND = "95% Student-t interval of the mean over seeds"
-#: values a band cannot leave (the interval of a mean accuracy near 1 would reach past 1)
-BOUNDS = {"test_acc": (0.0, 1.0)}
+#: values a band cannot leave (the t-interval of a mean accuracy near 1 reaches past 1, that of a
+#: cross-entropy near 0 below 0, that of a perplexity below its floor of 1)
+BOUNDS = {"test_acc": (0.0, 1.0), "test_loss": (0.0, np.inf), "test_ppl": (1.0, np.inf)}
 NOTE = ("lines: mean over the seeds of each setting (n in the legend); bands: 95% Student-t interval "
         "of that mean (none where n = 1)")
 

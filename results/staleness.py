@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from results import style
 from results.bands import caption
+
+WIDE = 30  # staleness above this: a symmetric-log x axis
 
 
 def updates(df: pd.DataFrame) -> pd.DataFrame:
@@ -60,7 +62,13 @@ def staleness(df: pd.DataFrame) -> Figure | None:
         title = f"Staleness of applied updates: {task}" if len(tasks) > 1 else "Staleness of applied updates"
         ax.set(title=title, xlabel="staleness (server versions since the worker's pull)",
                ylabel="fraction of updates with staleness ≤ s", ylim=(0, 1.02))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if sub["staleness"].max() > WIDE:  # one method's long tail would squash the others into x = 0..5
+            ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+            ax.set_xlim(left=0)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100 (not 10^0)
+            fig.harness["notes"].append(f"{title}: symmetric-log x axis (linear from 0 to 1, logarithmic above)")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.harness["panels"].append(title)
     sync = {lab: "no asynchronous updates" for lab in set(meta["label"]) - set(n)}
     style.legend(fig, meta, set(n), undrawn=sync, n=n)

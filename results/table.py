@@ -76,7 +76,7 @@ def _acc_cell(m, c, n, dv, runs) -> str:
 
 
 def _ppl_cell(m, c, n) -> str:
-    return "-" if pd.isna(m) else f"{m:.4g}" + ("" if pd.isna(c) else f" ± {c:.2g}") + f" (n={int(n)})"
+    return "-" if pd.isna(m) else f"{interval(m, c)} (n={int(n)})"
 
 
 def split_damaged(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

@@ -151,7 +151,8 @@ def test_language_models_get_perplexity_in_the_table_and_loss_and_perplexity_fig
     s = stats.summary(df, 0.3)
     assert s.set_index("run_id").loc["sync-1", "final_test_ppl"] == pytest.approx(math.exp(2.1))
     t = table.table(s).set_index("algorithm")
-    assert t.loc["sync_sgd", table.PPL].startswith(f"{np.mean(np.exp([2.0, 2.1])):.4g} ± ")
+    ppl = np.exp([2.0, 2.1])
+    assert t.loc["sync_sgd", table.PPL] == f"{table.interval(ppl.mean(), _half(ppl))} (n=2)"
     fig = plots.FIGURES["language_model"][0](df)
     assert fig.harness["panels"] == ["Test loss vs communication", "Test loss vs time",
                                      "Test perplexity vs communication", "Test perplexity vs time"]
