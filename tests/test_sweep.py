@@ -234,7 +234,8 @@ def test_kill_9_of_the_sweep_ends_its_workers_and_frees_its_semaphores(tmp_path)
     deadline = time.time() + 120
     owners = {}
     while len(owners) < 2 and time.time() < deadline:
-        owners = {d.name: claims.read(d / claims.CLAIM) for d in out.glob("*") if (d / claims.CLAIM).exists()}
+        owners = {d.name: claims.read(d / claims.CLAIM) for d in out.glob("*")
+                  if (d / claims.CLAIM).exists() and (d / "run.json").exists()}  # under way (see owners above)
         owners = {k: v for k, v in owners.items() if v}
         time.sleep(0.1)
     assert len(owners) == 2, p.poll()
