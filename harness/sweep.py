@@ -23,7 +23,8 @@ processes (``spawn``: no forked torch state) import torch once and call
 * Finished runs whose code changed since are refused, re-run or kept as by ``harness run``
   (:func:`harness.codeid.check_runs`, ``--rerun-changed`` / ``--keep-changed``).
 * Any ``OSError`` (full disk, read-only file system, permissions, a symlink loop, a file as
-  ``--out``) is one line naming the path (:func:`harness.cli.os_error_line`) and exit status 2.
+  ``--out``) is one line naming the path (``harness.cli.main``: :func:`harness.cli.os_error_line`)
+  and exit status 2, before any worker starts: :func:`_writable` makes ``--out`` and writes in it.
 * Progress: :mod:`harness.progress` (a bar on a terminal, a line every
   ``HARNESS_PROGRESS_EVERY`` s otherwise), fed by the workers' evaluation rows through a queue.
 """
@@ -55,8 +56,8 @@ def parser():
 
 
 def add_arguments(p) -> None:
-    """The options of ``harness sweep``, on whichever parser mounts the command; ``func`` is
-    :func:`sweep`, which raises one-line errors (``ValueError``, ``OSError``) for the caller."""
+    """The options of ``harness sweep`` (the command tree mounts them from :func:`parser`);
+    :func:`sweep` runs it and raises one-line errors (``ValueError``, ``OSError``) for the caller."""
     from harness.slurm import _common
 
     _common(p)
@@ -70,7 +71,6 @@ def add_arguments(p) -> None:
                          "since; without it or --keep-changed such runs stop the command with one line")
     changed.add_argument("--keep-changed", action="store_true",
                          help="keep finished runs whose code changed since, as they are")
-    p.set_defaults(func=sweep)
 
 
 @dataclass
@@ -271,14 +271,3 @@ def _writable(out: Path) -> None:
             probe.unlink()
         except FileNotFoundError:
             pass
-
-
-def main(argv: list[str]) -> int:
-    from harness.cli import os_error_line
-    from results.errors import ResultsError
-
-    try:
-        return sweep(parser().parse_args(argv))
-    except (ConfigError, ValueError, OSError, ResultsError) as e:  # OSError: full disk, read-only, EACCES, ELOOP
-        print(f"harness: error: {' '.join(os_error_line(e).split())}", file=sys.stderr)
-        return 2
