@@ -93,7 +93,12 @@ class LiveTable(Callback):
     """The rows so far as ``metrics.live.parquet`` (a simulated run) or ``live/rank-<k>.parquet``
     (each rank of a real run: its own rows), rewritten atomically at every delivery. Each
     delivery becomes one Arrow table kept in memory, so a rewrite is a concatenation and a
-    parquet write, not a conversion of every row again."""
+    parquet write, not a conversion of every row again; schema columns a delivery lacks are
+    added as typed nulls (``results.load`` casts the rest as it does for a final table). The last
+    rows of a run that ends with its final table are not written here (``superseded``): that
+    table replaces this file at once."""
+
+    superseded = True  # Live.close skips this callback's last on_rows when the final table is written
 
     def on_start(self, info):
         from results.load import LIVE_DIR, LIVE_FILE
@@ -107,10 +112,13 @@ class LiveTable(Callback):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from results.schema import conform
+        from results.load import _TARGET
         from results.store import atomic_write
 
-        self.tables.append(pa.Table.from_pandas(conform(frame), preserve_index=False))
+        t = pa.Table.from_pandas(frame, preserve_index=False)
+        for c in (c for c in _TARGET if c not in t.column_names):
+            t = t.append_column(c, pa.nulls(len(t), _TARGET[c]))
+        self.tables.append(t)
         table = pa.concat_tables(self.tables, promote_options="permissive")
         self.tables = [table]
         atomic_write(self.path, lambda tmp: pq.write_table(table, tmp))

@@ -83,7 +83,7 @@ def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None, ckpt: Path
 
         checkpoint.arm(False)  # a signal between runs ends the process as before
         if live is not None:  # the rows not handed over yet
-            live.flush(rec.take_new())
+            live.hold(rec.take_new())  # close() delivers them once the status is known
         if times is not None:
             times.update(setup_s=t1 - t0, loop_s=time.perf_counter() - t1)
     return rec.frame(), final, rec.diverged

@@ -73,20 +73,29 @@ class Live:
         if self.due(eval_row):
             self.flush(source.take_new())
 
-    def flush(self, rows: list[dict]) -> None:
+    def flush(self, rows: list[dict], skip=()) -> None:
         t0 = time.monotonic()
         if rows and self.callbacks:
             import pandas as pd
 
             frame = pd.DataFrame(rows)
-            for name in list(self.callbacks):
+            for name in [n for n in self.callbacks if n not in skip]:
                 self._call(name, "on_rows", frame)
         self.last = time.monotonic()
         self.gap = COST_FACTOR * (self.last - t0)
 
+    def hold(self, rows: list[dict]) -> None:
+        """Rows for :meth:`close` to deliver (the run's last, before its status is known)."""
+        self.rest = [*getattr(self, "rest", []), *rows]
+
     def close(self, rows: list[dict], status: str) -> None:
-        """The rows not delivered yet, then ``on_end(status)``."""
-        self.flush(rows)
+        """The rows not delivered yet (held and ``rows``), then ``on_end(status)``. A run that
+        wrote its final table (finished, diverged) skips the callbacks it supersedes (the live
+        table: one write fewer)."""
+        ended = status in ("finished", "diverged")
+        self.flush([*getattr(self, "rest", []), *rows],
+                   skip=[n for n, cb in self.callbacks.items() if ended and getattr(cb, "superseded", False)])
+        self.rest = []
         for name in list(self.callbacks):
             self._call(name, "on_end", status)
         self.callbacks = {}

@@ -24,9 +24,11 @@ CI = os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture
-def spy():
+def spy(monkeypatch):
     """A registered callback ``spy`` that loads the results directory at every delivery
-    (what ``harness report`` would read at that moment) and records it."""
+    (what ``harness report`` would read at that moment) and records it. Its own time would
+    space the deliveries out (the cost rule): here every evaluation row delivers."""
+    monkeypatch.setattr("harness.live.COST_FACTOR", 0)
     seen = []
 
     class Spy(Callback):
@@ -48,22 +50,25 @@ def spy():
 
 # -- live rows on the simulators ----------------------------------------------------------------
 def test_a_running_run_is_read_as_partial_and_a_finished_one_from_its_table(tmp_path, spy):
-    cfg = small("sync_sgd", live={"every_s": 1e-9, "callbacks": ["spy"]})
+    cfg = small("sync_sgd", live={"every_s": 1000, "callbacks": ["spy"]})  # at evaluation rows
     run_dir, ran = run_to_dir(cfg, tmp_path)
-    during = [s for s in spy if "new" in s]
-    assert ran and len(during) >= 2, spy  # eval rows and every_s both deliver
+    got = [s for s in spy if "new" in s]
+    during = [s for s in got if s["status"] == {"running"}]
+    assert ran and len(during) >= 3, spy  # at the evaluation rows (steps 0, 8, 16; 24 may come at the end)
     for s in during:  # the parquet callback runs first: load() sees this delivery's rows already
-        assert s["status"] == {"running"} and s["partial"] == {True} and s["files"] == [LIVE_FILE]
-    assert sum(s["new"] for s in during) == during[-1]["rows"]  # each row handed over once
+        assert s["partial"] == {True} and s["files"] == [LIVE_FILE]
+        assert s["rows"] == sum(g["new"] for g in got[:got.index(s) + 1])
+    for s in got[len(during):]:  # rows after the last Record come once the final table is written
+        assert s["status"] == {"finished"} and s["partial"] == {False} and s["files"] == ["metrics.parquet"]
     assert spy[-1] == {"rank": None, "end": "finished"}
-    assert not (run_dir / LIVE_FILE).exists()  # removed once metrics.parquet is written
+    assert not (run_dir / LIVE_FILE).exists()
     df = load(tmp_path)
     assert set(df["partial"]) == {False} and set(df["status"]) == {"finished"}
-    assert len(df) == during[-1]["rows"]
+    assert sum(s["new"] for s in got) == len(df)  # each row handed over once
 
 
 def test_a_failed_run_keeps_its_rows_so_far_marked_partial(tmp_path, spy, monkeypatch):
-    cfg = small("sync_sgd", live={"every_s": 1e-9, "callbacks": ["spy"]})
+    cfg = small("sync_sgd", live={"every_s": 1000, "callbacks": ["spy"]})
 
     def boom(*a, **kw):
         raise OSError(28, "No space left on device")
@@ -74,6 +79,25 @@ def test_a_failed_run_keeps_its_rows_so_far_marked_partial(tmp_path, spy, monkey
     assert spy[-1]["end"] == "failed"
     df = load(tmp_path)
     assert set(df["status"]) == {"failed"} and set(df["partial"]) == {True} and len(df) > 0
+
+
+@pytest.mark.slow  # the report draws every figure
+def test_harness_report_shows_a_running_runs_rows_so_far(tmp_path, monkeypatch):
+    import json
+
+    from results.report import write_report
+
+    monkeypatch.setattr("harness.experiment.write_table", lambda *a: (_ for _ in ()).throw(OSError(28, "full")))
+    cfg = small("sync_sgd", live={"every_s": 1000})
+    with pytest.raises(OSError):
+        run_to_dir(cfg, tmp_path)
+    record = tmp_path / cfg.run_id / "run.json"  # as a run still running (or killed) leaves it
+    record.write_text(json.dumps({**json.loads(record.read_text()), "status": "running", "error": None}))
+    out = write_report(tmp_path)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["status"].tolist() == ["running"] and summary["rounds"].iloc[0] > 0
+    page = (out / "index.html").read_text()
+    assert "1 run(s) did not finish" in page and "running" in page
 
 
 def test_every_s_0_and_no_callbacks_writes_nothing_live(tmp_path, spy):
@@ -102,6 +126,29 @@ def test_a_failing_callback_is_one_warning_and_the_run_finishes(tmp_path, capfd)
     assert err == [f"harness: warning: live callback 'broken' failed in on_rows: RuntimeError: disk on fire; it is "
                    f"off for the rest of run {cfg.run_id}"]
     assert set(load(tmp_path)["status"]) == {"finished"}
+
+
+def test_deliveries_wait_50_times_as_long_as_the_last_took():
+    import time
+
+    from harness.callbacks import RunInfo
+    from harness.live import Live
+
+    class Slow(Callback):
+        def on_rows(self, frame):
+            time.sleep(0.02)
+
+    class Rows:
+        def take_new(self):
+            return [{"step": 1}]
+
+    live = Live({"slow": Slow()}, 1e-9, RunInfo("r", Path("."), None))
+    assert live.due(False) and live.due(True)
+    live.tick(Rows(), True)
+    assert live.gap >= 50 * 0.02 and not live.due(True) and not live.due(False)
+    live.last -= live.gap
+    assert live.due(True)
+    assert not Live({}, 0, RunInfo("r", Path("."), None)).due(True)  # every_s 0: only at the end
 
 
 # -- the config and the registry ----------------------------------------------------------------
@@ -192,7 +239,7 @@ def test_real_ranks_write_their_own_live_rows(tmp_path, spy, plain_sgd):
     from harness.backends.loopback import LoopbackTransport, LoopbackWorld
     from harness.backends.runner import run_rank
 
-    cfg = small("sync_sgd", backend="mpi", algorithm={"name": plain_sgd}, live={"every_s": 1e-9, "callbacks": ["spy"]})
+    cfg = small("sync_sgd", backend="mpi", algorithm={"name": plain_sgd}, live={"every_s": 1000, "callbacks": ["spy"]})
     cfg = cfg.model_copy(update={"backend": "loopback"})
     world, errors = LoopbackWorld(4, 30), []
 
