@@ -111,39 +111,43 @@ def test_requeue_of_a_running_task_ends_complete_and_duplicate_free(slurm_cluste
 
 
 def test_usr1_before_the_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
-    """The array script on the cluster, with a stand-in for harness run that keeps its contract
-    (USR1: checkpoint, exit status 75; on a restart it resumes): the signal that
-    ``--signal=B:USR1@grace`` sends to the batch shell reaches the run, the task requeues itself,
-    its second attempt resumes, and the log (appended) tells both attempts."""
-    from tests.test_slurm_scripts import FAKES, HARNESS, STAND_IN
+    """The real thing (issue [27]): the USR1 that ``--signal=B:USR1@grace`` sends before a time limit
+    reaches ``harness run``, which saves a checkpoint and exits 75; the task requeues itself, its
+    second attempt resumes from the checkpoint, and the table equals an uninterrupted run's."""
+    import pandas as pd
+
+    from harness.config import load
+    from harness.experiment import simulate
 
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(SWEEP.format(steps=5, eval_every=5, seeds="[0]"))
+    cfg.write_text(SWEEP.format(steps=1500, eval_every=500, seeds="[3]") + "checkpoint: {every_steps: 50, every_s: 0}\n")
     out = tmp_path / "out"
-    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), "--dry-run", cwd=tmp_path)
-    assert r.returncode == 0 and HARNESS in r.stdout, r.stderr
-    stand_in = tmp_path / "harness-stand-in"
-    stand_in.write_text(STAND_IN)
-    stand_in.chmod(0o755)
-    script = tmp_path / "job.sbatch"
-    script.write_text(r.stdout.replace(HARNESS, str(stand_in)))
-    (out / "slurm-logs").mkdir(parents=True)
-    env = {**slurm_cluster.env, "WORK": str(tmp_path), "WAIT": "1"}
-    job = int(slurm_cluster.run(["sbatch", "--parsable", str(script)], env=env, cwd=tmp_path).stdout.split(";")[0])
-    deadline = time.time() + 60
-    while not (tmp_path / "waiting-1").exists():
+    r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), cwd=tmp_path,
+                 HARNESS_PROGRESS_EVERY="0.5")
+    assert r.returncode == 0, r.stderr
+    job = _job(r.stdout)
+    deadline = time.time() + 120
+    while not list(out.glob("*/checkpoint.pt")):  # the run has saved once: a signal now resumes mid-way
         assert time.time() < deadline, (slurm_cluster.job_states(job), _logs(out))
-        time.sleep(0.2)
+        time.sleep(0.1)
     slurm_cluster.run(["scancel", "--batch", "--signal=USR1", f"{job}_1"])
-    deadline = time.time() + 90
+    deadline = time.time() + 120
     while not slurm_cluster.job_records(job) or slurm_cluster.job_records(job)[0].get("Restarts") != "1":
         assert time.time() < deadline, (slurm_cluster.job_records(job), _logs(out))
         time.sleep(0.2)
-    states = slurm_cluster.wait(job, timeout=120)
+    states = slurm_cluster.wait(job, timeout=240)
     log = _logs(out)
     assert states == {f"{job}_1": "COMPLETED"}, (states, log)
-    assert (tmp_path / "runs.log").read_text().splitlines() == ["started 1", "checkpoint 1", "started 1", "resumed 1"]
-    assert "got SIGUSR1" in log and f"requeueing job {job}_1" in log and "attempt 2" in log, log
+    assert "harness: preempted: run" in log and f"requeueing job {job}_1" in log, log
+    saved = re.search(r"harness: preempted: run \S+: saved at step (\d+);", log)
+    assert saved and f"resumed from its checkpoint at step {saved.group(1)}" in log, log
+    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name != "slurm-logs"]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    from results.store import write_table
+
+    (one,) = load(cfg)
+    write_table(simulate(one)[0], tmp_path / "want.parquet")  # the uninterrupted table, as a run writes it
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "want.parquet"), pd.read_parquet(run / "metrics.parquet"))
 
 
 def test_errors_without_a_cluster_or_partition(slurm_cluster, tmp_path):
