@@ -112,7 +112,8 @@ def _html(root, summary_df, table, figures, fig_errors, run_list, problems, targ
     parts.append("<h2>Figures</h2>")
     for k, (name, png) in enumerate(figures.items(), 1):
         parts.append(_figure(k, name, png, (meta or {}).get(name, {})))
-    runs_t = summary_df[[c for c in summary_df.columns if not c.startswith("cfg.")]].copy()
+    runs_t = settings.blank_unused(summary_df[[c for c in summary_df.columns if not c.startswith("cfg.")]])
+    runs_t = runs_t.drop(columns=[c for c in runs_t if c.startswith("hp.") and runs_t[c].isna().all()])
     for c in runs_t:  # nullable integers print pd.NA as "<NA>" whatever na_rep says
         if pd.api.types.is_extension_array_dtype(runs_t[c]):
             runs_t[c] = runs_t[c].astype(object).where(runs_t[c].notna(), "-")
