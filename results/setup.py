@@ -37,6 +37,10 @@ def _order(algos) -> list[str]:
 def _text(v: object) -> str:
     if isinstance(v, float):
         return f"{v:g}"
+    if isinstance(v, list) and len(v) > 8:  # one factor per client: say its size and range, not 100 numbers
+        nums = [x for x in v if isinstance(x, (int, float))]
+        span = f", {min(nums):g} to {max(nums):g}" if len(nums) == len(v) else ""
+        return f"[{len(v)} values{span}]"
     if isinstance(v, (list, dict)):
         return json.dumps(v, default=str)
     return str(v)
