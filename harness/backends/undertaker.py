@@ -23,6 +23,11 @@ import os
 import time
 
 WAIT_S = 1.5
+# How long the segments may stay mapped by the other ranks after rank 0 died. It was 1.5 s, and
+# under load (the kill soak at load ~20: the launcher ended the other ranks up to 5 s later) a
+# segment was left in 1 of 20 trials; the loop ends once no process maps them, so waiting longer
+# costs nothing when they go at once, and the cap only bounds a segment some other process holds.
+SHM_WAIT_S = 30.0
 
 
 def start(child: int, launcher: int) -> int | None:
@@ -78,8 +83,8 @@ def _run(r: int, child: int, launcher: int) -> None:
     end = time.monotonic() + 30
     while proc_state(child, start) != "gone" and time.monotonic() < end:
         time.sleep(0.05)
-    end = time.monotonic() + 1.5  # the launcher kills the other ranks (which map them too) a moment later
-    while shm and time.monotonic() < end:
+    end = time.monotonic() + SHM_WAIT_S  # the launcher kills the other ranks (which map them too) later
+    while shm and time.monotonic() < end:  # ends as soon as no process maps them (see SHM_WAIT_S)
         shm = _sweep_shm(shm)
         time.sleep(0.1)
     if not info or not info.get("dir"):
