@@ -66,6 +66,8 @@ def _execute(cfg: RunConfig, on_eval=None, times: dict | None = None, ckpt: Path
     it when it exists and matches the run and its code; raises :class:`Preempted` on a signal."""
     t0 = time.perf_counter()
     backend, x0 = build(cfg, on_eval)
+    if times is not None:
+        times["n_params"] = int(x0.numel())  # the report's setup section says the model's size
     if ckpt is not None:
         _resume(cfg, backend, ckpt, times)
     rec = backend.run.recorder  # after a resume: the restored recorder, with the rows so far

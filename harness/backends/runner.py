@@ -180,7 +180,7 @@ def run_rank(cfg, out: Path, transport_cls, force: bool = False, save_params: bo
                     server_x = next((p["final"] for p in parts if p["role"] == "server"), None)
                     write_params(run_dir / PARAMS_FILE, workers, server_x)
                 record.update(status="finished", finished=_now(), wall_s=time.perf_counter() - t0, setup_s=t1 - t0,
-                              loop_s=t2 - t1,
+                              loop_s=t2 - t1, n_params=int(final.numel()),
                               hosts=sorted({p["host"] for p in parts}))
                 divs = sorted((p["diverged"] for p in parts if p["diverged"]), key=lambda d: (d["step"], d["worker"]))
                 if divs:  # the first over all ranks (they agree on it under on_divergence: stop)
