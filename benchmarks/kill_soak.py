@@ -85,8 +85,9 @@ def trial(backend: str, who: str, sig: str, k: int, steps: tuple[int, int]) -> d
             f.unlink(missing_ok=True)
         st = [r.get("status") for r in runs.values()]
         return {"finished": st.count("finished"), "failed": st.count("failed"),
+                "preempted": st.count("preempted"),  # [issue 27] SIGTERM: saved, exit 75, the same command resumes
                 "unnamed": sum(1 for r in runs.values() if r.get("status") == "failed" and not r.get("error")),
-                "running": sum(s not in ("finished", "failed", "diverged") for s in st),
+                "running": sum(s not in ("finished", "failed", "diverged", "preempted") for s in st),
                 "orphans": len(left), "hung": took is None, "shm": len(left_shm), "took": took or 0.0,
                 "error": next((r.get("error") for r in runs.values() if r.get("error")), "")}
 
@@ -105,8 +106,8 @@ def main() -> None:
         sys.exit("kill_soak: no mpiexec next to the interpreter or on PATH; drop mpi from --backends")
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.python_version()}, load {os.getloadavg()[0]:.1f}; "
           f"--trials {a.times} --parallel {a.parallel} --steps {a.steps} --sweep-steps {a.sweep_steps}, HARNESS_TIMEOUT_S={TIMEOUT_S}", flush=True)
-    print("| case | trials | finished | failed (named) | running | orphans | hung | shm left | max s | a cause |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| case | trials | finished | preempted | failed (named) | running | orphans | hung | shm left | max s | a cause |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     totals = {"running": 0, "orphans": 0, "hung": 0, "shm": 0, "unnamed": 0}
     t_start = time.monotonic()
     for backend in a.backends:
@@ -117,13 +118,13 @@ def main() -> None:
                     rs = list(ex.map(lambda k: trial(backend, who, sig, k, (a.steps, a.sweep_steps)), range(a.times)))
                 bad = [r["error"] for r in rs if "finished" not in r]
                 rs = [r for r in rs if "finished" in r]
-                s = {c: sum(r[c] for r in rs) for c in ("finished", "failed", "unnamed", "running", "orphans",
-                                                         "hung", "shm")}
+                s = {c: sum(r[c] for r in rs) for c in ("finished", "preempted", "failed", "unnamed", "running",
+                                                         "orphans", "hung", "shm")}
                 for c in totals:
                     totals[c] += s[c]
                 cause = next((r["error"] for r in rs if r["error"]), "").replace("|", "/")[:90]
                 print(f"| {backend} {who} SIG{sig} | {len(rs)}{f' ({len(bad)} never started)' if bad else ''} | "
-                      f"{s['finished']} | {s['failed']} ({s['failed'] - s['unnamed']}) | {s['running']} | "
+                      f"{s['finished']} | {s['preempted']} | {s['failed']} ({s['failed'] - s['unnamed']}) | {s['running']} | "
                       f"{s['orphans']} | {s['hung']} | {s['shm']} | {max((r['took'] for r in rs), default=0):.1f} | "
                       f"{cause} |", flush=True)
     print(f"\ntotal: {totals['running']} running, {totals['orphans']} orphans, {totals['hung']} hung, "

@@ -83,6 +83,7 @@ class CheckpointMixin:
         p = self.policy
         if p is None or not p.on:
             return None
+        checkpoint.arm()  # from the first step on, SIGTERM/SIGUSR1 stop this run at an agreed step
         sp = p.spec
         by_steps = bool(sp.every_steps and op.step % sp.every_steps == 0)
         if not by_steps and op.step % AGREE_EVERY:
