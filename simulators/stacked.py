@@ -104,11 +104,11 @@ class StackedBackend(Simulator):
         where it gives each worker's numbers to the last bit, else one call per worker exactly as
         SimPy makes it. A batched matmul reduces in another order for batch lengths that are not
         multiples of 8 (float32 bits differ, and for some lengths only for some values: found with a
-        64-wide MLP on this machine's kernels), so those lengths are always computed per worker; a
-        multiple of 8 is checked against the per-worker result at its first call (and computed per
+        64-wide MLP on this machine's kernels), so those lengths (but 1) are always computed per worker; a
+        multiple of 8 (or 1) is checked against the per-worker result at its first call (and computed per
         worker from then on if it differs). So stacked = SimPy holds by construction, not by luck."""
         key = (tuple(batches.shape), X.dtype)
-        exact = self._exact.get(key, None if batches.shape[-1] % 8 == 0 else False)
+        exact = self._exact.get(key, None if batches.shape[-1] % 8 == 0 or batches.shape[-1] == 1 else False)
         if exact is False:
             return self._one_by_one(X, batches, rows)
         out = self.run.task.loss_and_grad(X, batches, rows)

@@ -40,8 +40,9 @@ class Ran:
     every rank: lock-step), ``rows`` the worker rows of the real table."""
 
     def __init__(self, res, steps):
-        self.X, self.ops, self.steps = res.workers, res.ops[0], steps
-        assert all(o == self.ops for o in res.ops), res.ops
+        assert all(o == res.ops[0] for o in res.ops), res.ops
+        # the method's own ops: the loop's Checkpoint after every step (harness.parts.run) is no rule of it
+        self.X, self.ops, self.steps = res.workers, [o for o in res.ops[0] if o != "Checkpoint"], steps
         self.rows = res.rows[res.rows.worker >= 0].sort_values(["worker", "step"])
 
     def rounds(self) -> list[int]:
