@@ -120,7 +120,7 @@ def test_usr1_before_the_time_limit_checkpoints_requeues_and_resumes(slurm_clust
     from harness.experiment import simulate
 
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(SWEEP.format(steps=1500, eval_every=500, seeds="[3]") + "checkpoint: {every_steps: 50, every_s: 0}\n")
+    cfg.write_text(SWEEP.format(steps=1000, eval_every=500, seeds="[3]") + "checkpoint: {every_steps: 20, every_s: 0}\n")
     out = tmp_path / "out"
     r = _harness(slurm_cluster, "slurm", "submit", str(cfg), "--out", str(out), cwd=tmp_path,
                  HARNESS_PROGRESS_EVERY="0.5")
