@@ -123,7 +123,7 @@ class Policy:
 
     def __init__(self, spec: CheckpointSpec | None, path: Path | None, meta: dict | None = None):
         self.spec, self.path, self.meta = spec or CheckpointSpec(), path, meta or {}
-        self.last = self.asked = time.monotonic()
+        self.last = time.monotonic()
         self.waiting_since: float | None = None
 
     @property
@@ -159,9 +159,13 @@ class Policy:
         if requested():
             raise Preempted(None, str(e))
 
+    def reset(self) -> None:
+        """A save was made: the next interval starts now."""
+        self.last = time.monotonic()
+
     def saved(self, step: int) -> None:
         """Called after a save: a requested stop ends the run now."""
-        self.last = time.monotonic()
+        self.reset()
         if requested():
             raise Preempted(step)
 

@@ -103,21 +103,17 @@ def _resume(cfg: RunConfig, backend, ckpt: Path, times: dict | None) -> None:
             None if payload.get("backend") == backend.name else f"it was saved by backend {payload.get('backend')}")
         if payload is not None and why is None:
             step = backend.restore(payload)
-            _say(f"harness: note: run {cfg.run_id}: resumed from its checkpoint at step {step}")
+            checkpoint.say(f"harness: note: run {cfg.run_id}: resumed from its checkpoint at step {step}")
             if times is not None:
                 times["resumed_from"] = step
         elif payload is not None:
-            _say(f"harness: note: run {cfg.run_id}: its checkpoint is not used ({why}); starting from step 0")
+            checkpoint.say(f"harness: note: run {cfg.run_id}: its checkpoint is not used ({why}); starting from step 0")
     except checkpoint.CheckpointError as e:
-        _say(f"harness: note: run {cfg.run_id}: {e}; starting from step 0")
-        backend, fresh = backend, build(cfg)[0]  # a failed restore may have half-updated the backend
+        checkpoint.say(f"harness: note: run {cfg.run_id}: {e}; starting from step 0")
+        fresh = build(cfg)[0]  # a failed restore may have half-updated the backend
         vars(backend).clear()
         vars(backend).update(vars(fresh))
         backend.policy = checkpoint.Policy(getattr(cfg, "checkpoint", None), ckpt, meta)
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def exit_message(e: SystemExit) -> str:

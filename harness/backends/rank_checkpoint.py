@@ -94,7 +94,7 @@ class CheckpointMixin:
             due, stop = flags[0].item() > 0, flags[1].item() > 0
             if due or stop:
                 self._ck_save(op.step, op.carry)
-                p.last = p.asked = __import__("time").monotonic()
+                p.reset()
         if stop:
             raise checkpoint.Preempted(op.step)
         return None
